@@ -1,0 +1,43 @@
+"""The one preprocessing definition (design §2): resize to SxS, no letterbox, BGR float32 0-255.
+Mean subtraction is inside the model/graph, so every runner (Python or C++) only resizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from m2det.errors import M2DetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR uint8 [H,W,3]; a missing or undecodable file is an M2DetError."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise M2DetError(f"cannot read image {path}")
+    return img
+
+
+def preprocess(images: list[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
+    """BGR uint8 images [H,W,3] (any sizes) -> network input [B,3,S,S] float32, values 0-255."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    batch = np.empty((len(images), 3, size, size), np.float32)
+    for i, img in enumerate(images):
+        resized = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        batch[i] = resized.transpose(2, 0, 1)
+    return batch
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (sorted); an empty or missing folder is an M2DetError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise M2DetError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise M2DetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
