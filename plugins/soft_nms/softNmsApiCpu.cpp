@@ -1,0 +1,95 @@
+// Host part of the C ABI: argument checks, workspace size and the C++ reference.
+#include "softNmsApi.h"
+#include "softNmsReference.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace
+{
+
+//! IEEE binary16 bits to float32 (exact).
+float halfToFloat(uint16_t h)
+{
+    uint32_t const sign = static_cast<uint32_t>(h & 0x8000U) << 16;
+    uint32_t exponent = (h >> 10) & 0x1FU;
+    uint32_t mantissa = h & 0x3FFU;
+    uint32_t bits;
+    if (exponent == 0x1FU)
+        bits = sign | 0x7F800000U | (mantissa << 13);
+    else if (exponent != 0)
+        bits = sign | ((exponent + 112U) << 23) | (mantissa << 13);
+    else if (mantissa == 0)
+        bits = sign;
+    else
+    {
+        // Subnormal half: normalise.
+        exponent = 113U;
+        while ((mantissa & 0x400U) == 0)
+        {
+            mantissa <<= 1;
+            --exponent;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3FFU) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+} // namespace
+
+extern "C" const char* m2det_soft_nms_check(const M2DetSoftNmsParams* params, int64_t A, int64_t C, int forCuda)
+{
+    if (params == nullptr)
+        return "params is NULL";
+    return m2det::softNmsCheck(*params, A, C, forCuda != 0);
+}
+
+extern "C" size_t m2det_soft_nms_workspace_size(int64_t B, int64_t A, int64_t C, const M2DetSoftNmsParams* params)
+{
+    if (B < 1 || m2det_soft_nms_check(params, A, C, 1) != nullptr)
+        return 0;
+    return m2det::softNmsWorkspaceSize(B, A, C, *params);
+}
+
+extern "C" int m2det_soft_nms_cpu(const void* boxes, const void* scores, int scoresIsHalf, int B, int A, int C,
+    const M2DetSoftNmsParams* params, int32_t* num, float* outBoxes, float* outScores, int32_t* outClasses)
+{
+    if (boxes == nullptr || scores == nullptr || num == nullptr || outBoxes == nullptr || outScores == nullptr
+        || outClasses == nullptr || B < 1 || m2det_soft_nms_check(params, A, C, 0) != nullptr)
+        return 1;
+    auto const K = static_cast<size_t>(params->max_detections);
+    auto const perImage = static_cast<size_t>(A) * static_cast<size_t>(C);
+    std::vector<float> imageScores(perImage);
+    for (int b = 0; b < B; ++b)
+    {
+        float const* imageBoxes = static_cast<float const*>(boxes) + static_cast<size_t>(b) * A * 4;
+        if (scoresIsHalf)
+        {
+            auto const* h = static_cast<uint16_t const*>(scores) + b * perImage;
+            std::transform(h, h + perImage, imageScores.begin(), halfToFloat);
+        }
+        else
+        {
+            auto const* f = static_cast<float const*>(scores) + b * perImage;
+            std::copy(f, f + perImage, imageScores.begin());
+        }
+        std::vector<m2det::Detection> const dets = m2det::softNmsImage(imageBoxes, imageScores.data(), A, C, *params);
+        num[b] = static_cast<int32_t>(dets.size());
+        float* ob = outBoxes + b * K * 4;
+        float* os = outScores + b * K;
+        int32_t* oc = outClasses + b * K;
+        std::fill(ob, ob + K * 4, 0.0F);
+        std::fill(os, os + K, 0.0F);
+        std::fill(oc, oc + K, 0);
+        for (size_t i = 0; i < dets.size(); ++i)
+        {
+            std::copy_n(imageBoxes + static_cast<size_t>(dets[i].anchor) * 4, 4, ob + i * 4);
+            os[i] = dets[i].score;
+            oc[i] = dets[i].classId;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,144 @@
+// Hand-checked cases of the C++ soft-NMS reference and the host C ABI (run by ctest).
+#include "softNmsApi.h"
+#include "softNmsReference.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+namespace
+{
+
+int gFailures = 0;
+
+void check(bool ok, char const* what, int line)
+{
+    if (!ok)
+    {
+        std::fprintf(stderr, "FAIL line %d: %s\n", line, what);
+        ++gFailures;
+    }
+}
+#define CHECK(cond) check((cond), #cond, __LINE__)
+
+m2det::SoftNmsParams params(int32_t method)
+{
+    m2det::SoftNmsParams p{};
+    p.score_threshold = 0.05F;
+    p.iou_threshold = 0.5F;
+    p.sigma = 0.5F;
+    p.min_score = 0.001F;
+    p.method = method;
+    p.max_candidates = 100;
+    p.keep_per_class = 0;
+    p.max_detections = 100;
+    return p;
+}
+
+// Boxes: 0 and 1 overlap with IoU 0.6 (10x10 boxes shifted by 2.5); 2 is disjoint.
+std::vector<m2det::Box> const kBoxes = {{0, 0, 10, 10}, {2.5F, 0, 12.5F, 10}, {20, 20, 30, 30}};
+
+void testIou()
+{
+    m2det::Box const a = kBoxes[0];
+    m2det::Box const b = kBoxes[1];
+    float const iou = m2det::boxIou(a, m2det::boxArea(a), b, m2det::boxArea(b));
+    CHECK(iou == 75.0F / 125.0F);
+    CHECK(m2det::boxIou(a, 100.0F, kBoxes[2], 100.0F) == 0.0F);
+    m2det::Box const point{1, 1, 1, 1};
+    CHECK(m2det::boxIou(point, 0.0F, point, 0.0F) == 0.0F); // degenerate: union 0
+}
+
+void testMethods()
+{
+    float const scores[] = {0.9F, 0.8F, 0.7F};
+    auto hard = m2det::softNmsClass(kBoxes.data(), scores, 3, 0, params(M2DET_SOFT_NMS_HARD));
+    CHECK(hard.size() == 2 && hard[0].anchor == 0 && hard[1].anchor == 2 && hard[1].score == 0.7F);
+
+    auto linear = m2det::softNmsClass(kBoxes.data(), scores, 3, 0, params(M2DET_SOFT_NMS_LINEAR));
+    float const iou = 75.0F / 125.0F;
+    CHECK(linear.size() == 3 && linear[0].anchor == 0 && linear[1].anchor == 2 && linear[2].anchor == 1);
+    CHECK(linear[2].score == 0.8F * (1.0F - iou));
+
+    auto gaussian = m2det::softNmsClass(kBoxes.data(), scores, 3, 0, params(M2DET_SOFT_NMS_GAUSSIAN));
+    CHECK(gaussian.size() == 3 && gaussian[1].anchor == 2 && gaussian[2].anchor == 1);
+    CHECK(gaussian[1].score == 0.7F && gaussian[2].score == 0.8F * expf(-(iou * iou) / 0.5F));
+}
+
+void testTiesLimitsAndThreshold()
+{
+    // Equal scores: the lower anchor is emitted first; score == threshold is not a candidate.
+    float const tied[] = {0.5F, 0.5F, 0.05F};
+    auto p = params(M2DET_SOFT_NMS_LINEAR);
+    auto kept = m2det::softNmsClass(kBoxes.data(), tied, 3, 0, p);
+    CHECK(kept.size() == 2 && kept[0].anchor == 0 && kept[1].anchor == 1);
+
+    // max_candidates keeps the highest, ties by lower anchor; keep_per_class stops early.
+    float const scores[] = {0.3F, 0.9F, 0.3F};
+    p.max_candidates = 2;
+    kept = m2det::softNmsClass(kBoxes.data(), scores, 3, 0, p);
+    CHECK(kept.size() == 2 && kept[0].anchor == 1 && kept[1].anchor == 0);
+    p.max_candidates = 100;
+    p.keep_per_class = 1;
+    kept = m2det::softNmsClass(kBoxes.data(), scores, 3, 0, p);
+    CHECK(kept.size() == 1 && kept[0].anchor == 1);
+
+    // min_score is strict: a decayed score equal to it survives.
+    p = params(M2DET_SOFT_NMS_LINEAR);
+    float const pair[] = {0.9F, 0.5F, 0.0F};
+    p.min_score = 0.5F * (1.0F - 75.0F / 125.0F);
+    CHECK(m2det::softNmsClass(kBoxes.data(), pair, 3, 0, p).size() == 2);
+    p.min_score = std::nextafter(p.min_score, 1.0F);
+    CHECK(m2det::softNmsClass(kBoxes.data(), pair, 3, 0, p).size() == 1);
+}
+
+void testMergeAndCApi()
+{
+    // 3 anchors x 2 classes.  Class 0 emits anchors 2 (0.7), 0 (0.6) and suppresses 1 (IoU 0.6 with
+    // anchor 0); class 1 emits 0 (0.6), 2 (0.2).  The 0.6 tie goes to class 0.
+    float const boxes[] = {0, 0, 10, 10, 2.5F, 0, 12.5F, 10, 20, 20, 30, 30};
+    float const scores[] = {0.6F, 0.6F, 0.1F, 0.0F, 0.7F, 0.2F};
+    auto p = params(M2DET_SOFT_NMS_HARD);
+    p.max_detections = 3;
+    int32_t num = -1;
+    float outBoxes[12];
+    float outScores[3];
+    int32_t outClasses[3];
+    CHECK(m2det_soft_nms_cpu(boxes, scores, 0, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses) == 0);
+    CHECK(num == 3);
+    CHECK(outScores[0] == 0.7F && outClasses[0] == 0 && outBoxes[0] == 20.0F);
+    CHECK(outScores[1] == 0.6F && outClasses[1] == 0 && outBoxes[4] == 0.0F);
+    CHECK(outScores[2] == 0.6F && outClasses[2] == 1 && outBoxes[8] == 0.0F);
+
+    // float16 scores (0.5 = 0x3800, 0.25 = 0x3400) give the same result as float32.
+    uint16_t const half[] = {0x3800, 0x3400, 0x0000, 0x0000, 0x0000, 0x0000};
+    CHECK(m2det_soft_nms_cpu(boxes, half, 1, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses) == 0);
+    CHECK(num == 2 && outScores[0] == 0.5F && outClasses[0] == 0 && outScores[1] == 0.25F && outClasses[1] == 1);
+    CHECK(outScores[2] == 0.0F && outClasses[2] == 0 && outBoxes[8] == 0.0F); // padding
+
+    p.method = 7;
+    CHECK(m2det_soft_nms_check(&p, 3, 2, 0) != nullptr);
+    CHECK(m2det_soft_nms_cpu(boxes, scores, 0, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses) == 1);
+    p = params(M2DET_SOFT_NMS_HARD);
+    p.max_candidates = 5000;
+    CHECK(m2det_soft_nms_check(&p, 3, 2, 0) == nullptr);
+    CHECK(std::strstr(m2det_soft_nms_check(&p, 3, 2, 1), "4096") != nullptr);
+    CHECK(m2det_soft_nms_workspace_size(2, 3, 2, &p) == 0);
+    p.max_candidates = 100;
+    p.keep_per_class = 2; // 2 images x 2 classes x 2 entries
+    CHECK(m2det_soft_nms_workspace_size(2, 3, 2, &p) == 3 * 256);
+}
+
+} // namespace
+
+int main()
+{
+    testIou();
+    testMethods();
+    testTiesLimitsAndThreshold();
+    testMergeAndCApi();
+    if (gFailures == 0)
+        std::printf("soft_nms_reference_test: all checks passed\n");
+    return gFailures == 0 ? 0 : 1;
+}
