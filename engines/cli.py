@@ -1,0 +1,333 @@
+"""``m2det-detect`` and ``m2det-eval``, plus the helpers every project CLI shares.
+
+Shared helpers (import them in other CLIs):
+
+- ``run_cli(prog, fn, argv)``: run ``fn(argv) -> int``; an ``M2DetError`` (and argparse's usage
+  errors, via ``make_parser``) becomes one line ``<prog>: error: <message>`` on stderr and exit 2.
+- ``make_parser(prog, description)``: an ``ArgumentParser`` whose usage errors raise M2DetError.
+- ``add_nms_args(parser)`` / ``nms_from_args(args)``: ``--nms`` preset + ``--score-threshold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import dataclasses
+import enum
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from m2det.errors import M2DetError
+from m2det.io import atomic_path, atomic_write_bytes, atomic_write_json
+from m2det.preprocess import IMAGE_EXTENSIONS, list_images, preprocess, read_image
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+NMS_CHOICES = ("official", "paper", "soft", "hard")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise M2DetError(f"{message} (see {self.prog} --help)")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser whose usage errors are M2DetErrors (one line under ``run_cli``)."""
+    return _Parser(prog=prog, description=description,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+
+
+def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int],
+            argv: Sequence[str] | None) -> int:
+    """Run a CLI body: its return value is the exit code; an M2DetError prints one line
+    ``<prog>: error: <message>`` to stderr and returns 2; Ctrl-C returns 130. Other exceptions are
+    bugs and propagate with their traceback."""
+    try:
+        return fn(argv)
+    except M2DetError as e:
+        message = " ".join(str(e).split())  # one line, whatever the message contained
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # argparse --help / --version
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_nms_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("post-processing")
+    group.add_argument("--nms", choices=NMS_CHOICES, default="official",
+                       help="NMS preset: official (released code: linear soft-NMS, Nt 0.3, score "
+                            ">0.1), paper (linear soft-NMS, score >0.05), soft (= official), hard")
+    group.add_argument("--score-threshold", type=float, default=None, metavar="F",
+                       help="override the preset's score threshold")  # fmt: skip
+
+
+def nms_from_args(args: argparse.Namespace) -> Any:
+    """The ``NMSParams`` the ``--nms``/``--score-threshold`` options select."""
+    from m2det.nms import get_nms_params
+
+    overrides = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+    return get_nms_params(args.nms, **overrides)
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses/enums/paths -> plain JSON values (for settings recorded beside results)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.name.lower()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_help: str) -> None:
+    group = parser.add_argument_group("model (one of)")
+    exclusive = group.add_mutually_exclusive_group(required=required)
+    exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
+    exclusive.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
+    exclusive.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
+    group.add_argument("--config", help="config preset of a checkpoint that records none "
+                                        "(checked against the recorded one otherwise)")
+    group.add_argument("--device", default="cpu", help="cpu or cuda")
+    group.add_argument("--fp16", action="store_true", help="checkpoints on CUDA: autocast FP16")
+
+
+def _open_runner(args: argparse.Namespace) -> Any:
+    from engines.registry import default_checkpoint, load_runner
+    from m2det.config import get_config
+
+    if args.config is not None:
+        get_config(args.config)  # unknown names fail first, listing the valid ones
+    artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
+    return load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
+                       fp16=args.fp16)  # fmt: skip
+
+
+def _progress(iterable: Any, **kw: Any) -> Any:
+    """tqdm on stderr, silent when stderr is not a terminal."""
+    return tqdm(iterable, file=sys.stderr, disable=None, **kw)
+
+
+# ----------------------------------------------------------------------------- drawing
+def class_color(label: int) -> tuple[int, int, int]:
+    """A distinct, stable BGR colour per class."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    classes: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """A copy of BGR ``image`` [H,W,3] with boxes [n,4] (pixels, x1y1x2y2) and "name score" tags."""
+    out = image.copy()
+    thick = max(1, round(min(out.shape[:2]) / 300))
+    scale = max(0.4, min(out.shape[:2]) / 900)
+    for box, score, cls in sorted(zip(boxes, scores, classes, strict=True), key=lambda d: d[1]):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        color = class_color(int(cls))
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
+        text = f"{labels[int(cls)]} {float(score):.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = max(y1, th + base)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), color, -1)
+        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- m2det-detect
+def _detect_parser() -> argparse.ArgumentParser:
+    p = make_parser("m2det-detect", "Detect objects in images, a folder of images or a video; "
+                    "writes annotated copies and detections.json (boxes in original pixels).")
+    _add_artifact_args(p, required=False,
+                       ckpt_help="checkpoint (.pth); default: the bundled m2det_tiny shapes model")
+    p.add_argument("--input", required=True, type=Path, help="an image, a folder or a video")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--draw-threshold", type=float, default=0.3, metavar="F",
+                   help="draw boxes scoring at least F (the JSON keeps every detection)")
+    add_nms_args(p)
+    return p
+
+
+class _Detector:
+    """One runner + drawing/recording of its results in original-image pixels."""
+
+    def __init__(self, runner: Any, draw_threshold: float) -> None:
+        self.runner = runner
+        self.draw_threshold = draw_threshold
+        self.labels = runner.config.labels
+        self.records: dict[str, list[dict[str, Any]]] = {}
+
+    def __call__(self, key: str, image: np.ndarray) -> np.ndarray:
+        """Detect on BGR ``image``, record under ``key``, return the annotated copy."""
+        h, w = image.shape[:2]
+        dets = self.runner(preprocess(image, self.runner.input_size)).scaled([(w, h)])
+        np.clip(dets.boxes, 0, np.array([w, h, w, h], np.float32), out=dets.boxes)
+        self.records[key] = dets.to_json(0, self.labels)
+        boxes, scores, classes = dets.image(0)
+        keep = scores >= self.draw_threshold
+        return draw_detections(image, boxes[keep], scores[keep], classes[keep], self.labels)
+
+
+def _detect(argv: Sequence[str] | None) -> int:
+    args = _detect_parser().parse_args(argv)
+    source: Path = args.input
+    if not source.exists():
+        raise M2DetError(f"input not found: {source}")
+    out: Path = args.out
+    if source.is_dir() and out.resolve() == source.resolve():
+        raise M2DetError("--out must differ from the input folder (it would overwrite the images)")
+    files = list_images(source) if source.is_dir() else [source]
+    is_video = source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS
+    if not is_video and source.is_file():
+        read_image(source)  # a single unreadable image is an error before the model loads
+    runner = _open_runner(args)
+    detector = _Detector(runner, args.draw_threshold)
+    skipped: list[str] = []
+    with runner:
+        if is_video:
+            _detect_video(detector, source, out)
+        else:
+            for path in _progress(files, desc="detect", unit="img"):
+                try:
+                    image = read_image(path)
+                except M2DetError:
+                    skipped.append(path.name)
+                    continue
+                _write_image(out / path.name, detector(path.name, image))
+    atomic_write_json(out / "detections.json", {
+        "artifact": str(args.ckpt or args.onnx or args.engine or "bundled"),
+        "backend": runner.name, "config": runner.config.name, "input": str(source),
+        "nms": jsonable(runner.nms), "boxes": "x1,y1,x2,y2 in original image pixels",
+        "detections": detector.records, "skipped": skipped,
+    })  # fmt: skip
+    total = sum(len(v) for v in detector.records.values())
+    print(f"m2det-detect: {total} detections in {len(detector.records)} "
+          f"{'frames' if is_video else 'images'} -> {out}")  # fmt: skip
+    if skipped:
+        print(f"m2det-detect: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    ext = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
+    ok, data = cv2.imencode(ext, image)
+    if not ok:
+        raise M2DetError(f"cannot encode {path.name} as {ext}")
+    atomic_write_bytes(path.with_suffix(ext), data.tobytes())
+
+
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = cap.read()
+        if not ok:
+            raise M2DetError(f"cannot read video {path}")
+        while ok:
+            yield frame
+            ok, frame = cap.read()
+    finally:
+        cap.release()
+
+
+def _detect_video(detector: _Detector, source: Path, out: Path) -> None:
+    """Annotate every frame into ``out/<stem>_det.mp4``; record frames as ``<name>#<index>``."""
+    cap = cv2.VideoCapture(str(source))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    cap.release()
+    target = out / f"{source.stem}_det.mp4"
+    with atomic_path(target) as tmp:
+        video_tmp = tmp.with_name(tmp.name + ".mp4")  # the writer picks the container by suffix
+        writer: Any = None
+        try:
+            for i, frame in enumerate(_progress(_video_frames(source), total=count, desc="detect",
+                                                unit="frame")):  # fmt: skip
+                annotated = detector(f"{source.name}#{i}", frame)
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps,
+                                             (w, h))  # fmt: skip
+                    if not writer.isOpened():
+                        raise M2DetError(f"cannot write video {target}")
+                writer.write(annotated)
+        finally:
+            if writer is not None:
+                writer.release()
+        if video_tmp.exists():
+            os.replace(video_tmp, tmp)
+
+
+def detect_main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``m2det-detect``."""
+    return run_cli("m2det-detect", _detect, argv)
+
+
+# ----------------------------------------------------------------------------- m2det-eval
+def _eval_parser() -> argparse.ArgumentParser:
+    p = make_parser("m2det-eval", "COCO bbox AP of a checkpoint, ONNX file or TensorRT plan on any "
+                    "COCO-format annotation file.")
+    _add_artifact_args(p, required=True, ckpt_help="checkpoint (.pth)")
+    p.add_argument("--ann", required=True, type=Path, help="COCO-format annotation JSON")
+    p.add_argument("--images", required=True, type=Path, help="folder of the annotated images")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images by id")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per forward pass")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="write metrics + artifact + settings as JSON")
+    p.add_argument("--save-detections", type=Path, default=None, metavar="OUT",
+                   help="write the COCO results (detections) JSON")
+    p.add_argument("--per-class", action="store_true", help="also AP per category")
+    add_nms_args(p)
+    return p
+
+
+def _eval(argv: Sequence[str] | None) -> int:
+    from m2det.coco_eval import coco_table, evaluate_coco
+
+    args = _eval_parser().parse_args(argv)
+    if not args.ann.is_file():
+        raise M2DetError(f"annotation file not found: {args.ann}")
+    if not args.images.is_dir():
+        raise M2DetError(f"image folder not found: {args.images}")
+    runner = _open_runner(args)
+    with runner:
+        metrics = evaluate_coco(runner, args.ann, args.images, config_labels=runner.config.labels,
+                                limit=args.limit, batch=args.batch, out_json=args.save_detections,
+                                per_class=args.per_class)  # fmt: skip
+    artifact = args.ckpt or args.onnx or args.engine
+    print(f"{runner.name} {artifact} ({runner.config.name}, {args.nms} NMS) on {args.ann}: "
+          f"{metrics['num_images']} images, {metrics['num_detections']} detections")
+    print(coco_table(metrics))
+    if args.json is not None:
+        atomic_write_json(args.json, {
+            "metrics": metrics, "artifact": str(artifact), "backend": runner.name,
+            "config": runner.config.name,
+            "settings": {"ann": str(args.ann), "images": str(args.images), "limit": args.limit,
+                         "batch": args.batch, "device": args.device, "nms_preset": args.nms,
+                         "nms": jsonable(runner.nms)},
+        })  # fmt: skip
+    if metrics["skipped"]:
+        print(f"m2det-eval: skipped {len(metrics['skipped'])} unreadable image(s): "
+              f"{', '.join(metrics['skipped'])}", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``m2det-eval``."""
+    return run_cli("m2det-eval", _eval, argv)
