@@ -1,0 +1,118 @@
+"""The ONNX Runtime runner: any file ``m2det-export`` writes (FP32/FP16/INT8, raw or NMS graph).
+
+Config, precision, graph kind and batch come from the file's ``m2det.*`` metadata. A raw graph's
+``boxes``/``scores`` go through the CPU reference NMS (``m2det.nms.batched_nms``) with the
+runner's ``nms`` parameters; an ONNX NMS graph's EfficientNMS-style outputs are returned as they
+are (its NMS parameters are the ones baked in at export, recorded in ``self.nms``). A plugin NMS
+graph (``M2Det_SoftNMS_TRT``) needs TensorRT: this runner refuses it with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.base import Runner, Timing, check_batch, now_ms
+from export.nms_graph import NMS_OUTPUTS, PLUGIN_OP
+from export.onnx_export import INPUT, RAW_OUTPUTS, config_from_metadata, ort_session, read_metadata
+from m2det.detections import Detections
+from m2det.errors import M2DetError
+from m2det.nms import NMSParams, batched_nms
+
+
+class OnnxRunner(Runner):
+    """Run an exported ``.onnx`` file in ONNX Runtime.
+
+    ``providers``: ORT execution providers in priority order (default CPU); ones this onnxruntime
+    build lacks are dropped (CPU is always last). ``threads``: intra-op threads (default: ORT's).
+    ``optimization``: ORT graph optimization level (disable|basic|extended|all).
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, nms: NMSParams, providers: list[str] | None = None, *,
+                 threads: int | None = None, optimization: str = "all") -> None:
+        import onnx
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise M2DetError(f"ONNX file not found: {self.path}")
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - any decode failure is a bad file
+            raise M2DetError(f"{self.path} is not a readable ONNX file "
+                             f"({type(e).__name__})") from None
+        meta = read_metadata(model)
+        config = config_from_metadata(meta, str(self.path))
+        if any(n.op_type == PLUGIN_OP for n in model.graph.node):
+            raise M2DetError(f"{self.path.name} contains the TensorRT plugin op {PLUGIN_OP}, which "
+                             "ONNX Runtime cannot run: build a plan with m2det-build, or export "
+                             "with --nms none or --nms onnx-hard")  # fmt: skip
+        outputs = tuple(o.name for o in model.graph.output)
+        if outputs not in (RAW_OUTPUTS, NMS_OUTPUTS):
+            raise M2DetError(f"{self.path.name}: unexpected outputs {outputs}")
+        self.graph = "raw" if outputs == RAW_OUTPUTS else "nms-onnx"
+        if self.graph == "nms-onnx" and "nms" in meta:
+            nms = NMSParams(**json.loads(meta["nms"]))  # what the graph actually does
+        super().__init__(config, nms, precision=meta.get("precision", "fp32"))
+        batch = meta.get("batch", "dynamic")
+        self.fixed_batch = int(batch) if batch.isdigit() else None
+        self.providers = _available(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        self.optimization = optimization
+        self._session: Any = None
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        if self.fixed_batch:
+            return (self.fixed_batch, self.fixed_batch)
+        return super().batch_range
+
+    def activate(self) -> None:
+        self._session = ort_session(self.path, self.threads, self.providers, self.optimization)
+
+    def deactivate(self) -> None:
+        self._session = None
+
+    def _run(self, images: Any, names: tuple[str, ...]) -> list[np.ndarray]:
+        if self._session is None:
+            self.__enter__()
+        check_batch(images, self.input_size)
+        if self.fixed_batch and images.shape[0] != self.fixed_batch:
+            raise M2DetError(f"{self.path.name} was exported for batch {self.fixed_batch}, "
+                             f"got {images.shape[0]} images")  # fmt: skip
+        if hasattr(images, "detach"):  # torch.Tensor
+            images = images.detach().cpu().numpy()
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        return list(self._session.run(list(names), {INPUT: x}))
+
+    def raw(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """images [B,3,S,S] -> (boxes [B,A,4], scores [B,A,C]) of a raw graph, before NMS."""
+        if self.graph != "raw":
+            raise M2DetError(f"{self.path.name} is an NMS graph: it has no raw boxes/scores")
+        boxes, scores = self._run(images, RAW_OUTPUTS)
+        return boxes, scores
+
+    def infer(self, images: Any) -> Detections:
+        """images [B,3,S,S] float32 BGR 0-255 -> Detections (normalized boxes)."""
+        t0 = now_ms()
+        if self.graph == "raw":
+            boxes, scores = self.raw(images)
+            t1 = now_ms()
+            dets = batched_nms(boxes, scores, self.nms)
+            self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
+            return dets
+        num, boxes, scores, classes = self._run(images, NMS_OUTPUTS)
+        self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
+        return Detections(num.reshape(-1).astype(np.int32), boxes, scores, classes.astype(np.int32))
+
+
+def _available(providers: list[str]) -> list[str]:
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    chosen = [p for p in providers if p in have and p != "CPUExecutionProvider"]
+    return [*chosen, "CPUExecutionProvider"]

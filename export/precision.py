@@ -1,0 +1,137 @@
+"""Reduced-precision ONNX files (design §3): FP16 by ModelOpt AutoCast, INT8 by ModelOpt ONNX PTQ
+(explicit Q/DQ). The post-processing nodes (prior decode with its Exp, the softmax; tagged
+``/postprocess/*`` by :mod:`export.onnx_export`) stay FP32 and unquantized in both.
+
+Every file produced here runs in ONNX Runtime on the CPU, so its accuracy is measured before
+TensorRT ever sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.calibration import CALIB_METHODS
+from export.onnx_export import INPUT, POSTPROCESS_PATTERN
+from m2det.errors import M2DetError
+
+#: Percentile of |activation| taken as the INT8 range by ``--calib-method percentile``.
+PERCENTILE = 99.99
+
+
+def tensorrt_usable() -> bool:
+    """True when the real TensorRT Python package is importable (``tensorrt-stubs`` alone installs
+    an empty ``tensorrt`` namespace package that imports fine but has no API)."""
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+@contextlib.contextmanager
+def _modelopt_quiet() -> Iterator[None]:
+    """ModelOpt decides at import whether TensorRT is there by ``import tensorrt`` succeeding;
+    with only the stubs installed it then calls ``trt.Logger`` and fails. Tell it the truth."""
+    import modelopt.onnx.trt_utils as trt_utils
+
+    saved = trt_utils.TRT_PYTHON_AVAILABLE
+    trt_utils.TRT_PYTHON_AVAILABLE = saved and tensorrt_usable()
+    try:
+        yield
+    finally:
+        trt_utils.TRT_PYTHON_AVAILABLE = saved
+
+
+def to_fp16(raw_path: str | Path) -> onnx.ModelProto:
+    """FP32 raw/NMS graph -> mixed precision (AutoCast, ``keep_io_types``): the network in FP16,
+    the post-processing in FP32; inputs and outputs stay float32."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    with _modelopt_quiet():
+        return convert_to_mixed_precision(
+            str(raw_path), low_precision_type="fp16", nodes_to_exclude=[POSTPROCESS_PATTERN],
+            keep_io_types=True, providers=["cpu"],
+        )  # fmt: skip
+
+
+def to_int8(raw_path: str | Path, calibration: np.ndarray,
+            method: str = "entropy") -> onnx.ModelProto:
+    """FP32 raw graph + calibration images [N,3,S,S] -> explicit Q/DQ INT8 graph (ModelOpt PTQ,
+    per-channel weights, symmetric activations, ``high_precision_dtype`` fp32 so the unquantized
+    parts stay FP32 for CPU execution). ``method``: entropy | max (ModelOpt's own calibrators) |
+    percentile (ORT's percentile calibrator at :data:`PERCENTILE`, handed to ModelOpt as a
+    calibration cache)."""
+    from modelopt.onnx.quantization import quantize
+
+    if method not in CALIB_METHODS:
+        valid = ", ".join(CALIB_METHODS)
+        raise M2DetError(f"unknown calibration method {method!r}; valid: {valid}")
+    with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp, _modelopt_quiet():
+        out = os.path.join(tmp, "int8.onnx")
+        cache = None
+        if method == "percentile":
+            cache = os.path.join(tmp, "percentile.cache")
+            write_calibration_cache(cache, percentile_ranges(raw_path, calibration, tmp))
+        quantize(
+            str(raw_path), quantize_mode="int8", calibration_data={INPUT: calibration},
+            calibration_method="entropy" if method == "entropy" else "max",
+            calibration_cache_path=cache, calibration_eps=["cpu"],
+            nodes_to_exclude=[POSTPROCESS_PATTERN], high_precision_dtype="fp32",
+            output_path=out, log_level="WARNING",
+        )  # fmt: skip
+        return onnx.load(out)
+
+
+def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
+                      workdir: str) -> dict[str, float]:
+    """Per-tensor symmetric range (the :data:`PERCENTILE` percentile of |x|) of every float tensor
+    the ORT calibrator can observe, over ``calibration`` [N,3,S,S] fed one image at a time."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(
+        Path(raw_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Percentile,
+        extra_options={"percentile": PERCENTILE, "symmetric": True, "num_bins": 2048},
+    )  # fmt: skip
+    calibrator.collect_data(_Reader(calibration))
+    ranges = calibrator.compute_data()
+    out = {}
+    for name, data in ranges.data.items():
+        lo, hi = (float(np.asarray(v).max()) for v in data.range_value)
+        out[name] = max(abs(lo), abs(hi))
+    return out
+
+
+def write_calibration_cache(path: str, amax: dict[str, float]) -> None:
+    """TensorRT calibration-cache text (what ModelOpt imports): ``name: <scale as big-endian
+    float32 hex>`` per tensor, scale = amax / 127."""
+    lines = ["TRT-8600-EntropyCalibration2"]
+    for name, a in amax.items():
+        scale = max(a, 1e-8) / 127.0
+        lines.append(f"{name}: {struct.pack('!f', scale).hex()}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+class _Reader:
+    """ORT CalibrationDataReader over an array of images, one image per step."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._it = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {INPUT: x[None]}
+
+
+def count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
+    """(QuantizeLinear, DequantizeLinear) node counts."""
+    ops = [n.op_type for n in model.graph.node]
+    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
