@@ -134,7 +134,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     """A copy of BGR ``image`` [H,W,3] with boxes [n,4] (pixels, x1y1x2y2) and "name score" tags."""
     out = image.copy()
     thick = max(1, round(min(out.shape[:2]) / 300))
-    scale = max(0.4, min(out.shape[:2]) / 900)
+    scale = min(1.0, max(0.3, min(out.shape[:2]) / 800))
     for box, score, cls in sorted(zip(boxes, scores, classes, strict=True), key=lambda d: d[1]):
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         color = class_color(int(cls))
@@ -215,8 +215,8 @@ def _detect(argv: Sequence[str] | None) -> int:
         "detections": detector.records, "skipped": skipped,
     })  # fmt: skip
     total = sum(len(v) for v in detector.records.values())
-    print(f"m2det-detect: {total} detections in {len(detector.records)} "
-          f"{'frames' if is_video else 'images'} -> {out}")  # fmt: skip
+    unit = "frame(s)" if is_video else "image(s)"
+    print(f"m2det-detect: {total} detections in {len(detector.records)} {unit} -> {out}")
     if skipped:
         print(f"m2det-detect: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
               file=sys.stderr)  # fmt: skip
