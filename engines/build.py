@@ -45,6 +45,10 @@ SIDECAR_FORMAT = "m2det-plan/1"
 # ONNX metadata_props keys written by ``export`` (the ones the builder needs).
 META_CONFIG = "m2det.config"  # config JSON (M2DetConfig.to_dict())
 META_PRECISION = "m2det.precision"  # fp32 | fp16 | int8
+META_NMS = "m2det.nms"  # NMS attributes JSON (NMS graphs)
+#: Outputs of an NMS graph (TensorRT EfficientNMS convention, design §2).
+NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+RAW_OUTPUTS = ("boxes", "scores")
 
 
 # --------------------------------------------------------------------------- batch profile
@@ -139,8 +143,9 @@ def check_plan_version(built: str, installed: str, *, version_compatible: bool =
 class OnnxInfo:
     """What the builder needs to know about an exported ONNX file.
 
-    ``batch_dim``: the input's batch dimension (None when dynamic); ``nms``: the plugin node's
-    attributes for an NMS graph, None for a raw graph.
+    ``batch_dim``: the input's batch dimension (None when dynamic); ``graph``: "raw" (boxes,
+    scores) or "nms" (EfficientNMS-style outputs); ``nms``: the NMS attributes (plugin node, else
+    metadata), None when unknown; ``plugin``: whether the graph has the soft-NMS plugin node.
     """
 
     path: Path
@@ -150,11 +155,9 @@ class OnnxInfo:
     input_size: int
     batch_dim: int | None
     outputs: tuple[str, ...]
+    graph: str
     nms: dict[str, Any] | None
-
-    @property
-    def graph(self) -> str:
-        return "nms" if self.nms is not None else "raw"
+    plugin: bool
 
 
 def file_sha256(path: Path) -> str:
@@ -201,11 +204,20 @@ def inspect_onnx(path: str | Path) -> OnnxInfo:
     if len(shape) != 4 or shape[1:] != [3, size, size]:
         raise M2DetError(f"{path}: input {INPUT_NAME!r} has shape {shape}, expected "
                          f"[B,3,{size},{size}]")  # fmt: skip
-    nms_nodes = [n for n in model.graph.node if n.op_type == PLUGIN_OP]
-    nms = ({a.name: _plain(helper.get_attribute_value(a)) for a in nms_nodes[0].attribute}
-           if nms_nodes else None)  # fmt: skip
-    return OnnxInfo(path, file_sha256(path), config, precision, size, shape[0],
-                    tuple(o.name for o in model.graph.output), nms)
+    outputs = tuple(o.name for o in model.graph.output)
+    if set(outputs) not in (set(RAW_OUTPUTS), set(NMS_OUTPUTS)):
+        raise M2DetError(f"{path}: outputs {list(outputs)} are neither {list(RAW_OUTPUTS)} nor "
+                         f"{list(NMS_OUTPUTS)}; not an M2Det export")  # fmt: skip
+    plugin = next((n for n in model.graph.node if n.op_type == PLUGIN_OP), None)
+    nms: dict[str, Any] | None = None
+    if plugin is not None:
+        nms = {a.name: _plain(helper.get_attribute_value(a)) for a in plugin.attribute
+               if not a.name.startswith("plugin_")}  # fmt: skip
+    elif META_NMS in meta:
+        nms = json.loads(meta[META_NMS])
+    graph = "nms" if NMS_OUTPUTS[0] in outputs else "raw"
+    return OnnxInfo(path, file_sha256(path), config, precision, size, shape[0], outputs, graph,
+                    nms if graph == "nms" else None, plugin is not None)
 
 
 def _plain(value: Any) -> Any:
@@ -247,11 +259,18 @@ def default_timing_cache(trt_version: str, gpu: GpuInfo) -> Path:
     return root / "m2det" / f"timing-trt{trt_version}-sm{gpu.major}{gpu.minor}.cache"
 
 
+PLUGIN_LIBRARY = "libm2det_plugins.so"
+
+
 def resolve_plugin_library(plugin_lib: str | Path | None) -> Path | None:
-    """An explicit path (must exist), else ``$M2DET_PLUGIN_LIB``, else None."""
+    """An explicit path (must exist), else ``$M2DET_PLUGIN_LIB``, else ``libm2det_plugins.so``
+    in the soft-NMS build folder (``engines.soft_nms_kernel.library_dir()``) if built, else None."""
     chosen = plugin_lib or os.environ.get("M2DET_PLUGIN_LIB")
     if not chosen:
-        return None
+        from engines.soft_nms_kernel import library_dir
+
+        built = library_dir() / PLUGIN_LIBRARY
+        return built.resolve() if built.is_file() else None
     path = Path(chosen)
     if not path.is_file():
         raise M2DetError(f"plugin library not found: {path}")
@@ -259,7 +278,10 @@ def resolve_plugin_library(plugin_lib: str | Path | None) -> Path | None:
 
 
 def register_plugin_library(registry: tensorrt.IPluginRegistry, lib: Path) -> None:
-    """Load ``lib`` into TensorRT's plugin registry and check it provides the soft-NMS plugin."""
+    """Load ``lib`` into TensorRT's plugin registry (once per process: the registry refuses a
+    library whose plugins are already registered) and check it provides the soft-NMS plugin."""
+    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, "") is not None:
+        return
     try:
         registry.load_library(str(lib))
     except Exception as e:  # noqa: BLE001 - TensorRT reports load failures as RuntimeError/TypeError
@@ -318,7 +340,7 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
                  batch: BatchProfile | str | int | tuple[int, ...] = (1, 1, 1),
                  workspace_gib: float = 4.0, timing_cache: str | Path | None = None,
                  plugin_lib: str | Path | None = None, version_compatible: bool = False,
-                 progress: bool = True, verbose: bool = False) -> Path:
+                 tf32: bool = False, progress: bool = True, verbose: bool = False) -> Path:
     """Build a TensorRT plan from an exported ONNX file; return the plan's path.
 
     ``batch``: optimization profile MIN:OPT:MAX for the input ``images`` [B,3,S,S];
@@ -326,7 +348,9 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
     after the build (default: per TensorRT version and GPU arch under ~/.cache/m2det);
     ``plugin_lib``: the soft-NMS plugin library (needed for NMS graphs; default
     ``$M2DET_PLUGIN_LIB``); ``version_compatible``: build a version-compatible plan
-    (``BuilderFlag.VERSION_COMPATIBLE``) with the plugin library serialized into it.
+    (``BuilderFlag.VERSION_COMPATIBLE``) with the plugin library serialized into it; ``tf32``:
+    let FP32 convolutions/matmuls use TF32 (TensorRT's default; off here so an FP32 plan computes
+    in FP32 like the ONNX file it came from).
     """
     info = inspect_onnx(onnx_path)
     profile = BatchProfile.parse(batch)
@@ -340,15 +364,15 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
 
     gpu = gpu_info()
     lib = resolve_plugin_library(plugin_lib)
-    if info.nms is not None and lib is None:
-        raise M2DetError(f"{info.path.name} is an NMS graph: pass --plugin-lib "
-                         "libm2det_plugins.so (or set M2DET_PLUGIN_LIB)")  # fmt: skip
+    if info.plugin and lib is None:
+        raise M2DetError(f"{info.path.name} has the soft-NMS plugin node: pass --plugin-lib "
+                         f"{PLUGIN_LIBRARY} (or set M2DET_PLUGIN_LIB; build it from plugins/)")
     out_path = Path(out) if out is not None else default_plan_path(info.path)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(trt_version, gpu)
 
     start = time.perf_counter()
     plan = _build_serialized(info, profile, workspace_gib, cache_path, lib, version_compatible,
-                             progress, verbose)  # fmt: skip
+                             tf32, progress, verbose)  # fmt: skip
     seconds = time.perf_counter() - start
     atomic_write(out_path, lambda f: f.write(plan))
     atomic_write_json(sidecar_path(out_path), {
@@ -366,7 +390,8 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
         "config": info.config,
         "nms": info.nms,
         "plugin": ({"op": PLUGIN_OP, "version": PLUGIN_VERSION, "library": str(lib),
-                    "serialized_in_plan": version_compatible} if lib else None),
+                    "serialized_in_plan": version_compatible} if info.plugin else None),
+        "tf32": tf32,
         "workspace_gib": workspace_gib,
         "build_seconds": round(seconds, 2),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -377,7 +402,7 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
 
 def _build_serialized(info: OnnxInfo, profile: BatchProfile, workspace_gib: float,
                       cache_path: Path, lib: Path | None, version_compatible: bool,
-                      progress: bool, verbose: bool) -> bytes:
+                      tf32: bool, progress: bool, verbose: bool) -> bytes:
     """Parse, configure and build; return the serialized plan and save the timing cache."""
     import tensorrt as trt
 
@@ -394,9 +419,11 @@ def _build_serialized(info: OnnxInfo, profile: BatchProfile, workspace_gib: floa
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     s = info.input_size
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT_NAME, (profile.min, 3, s, s), (profile.opt, 3, s, s),
-                          (profile.max, 3, s, s))  # fmt: skip
+    opt_profile.set_shape(INPUT_NAME, *(trt.Dims([b, 3, s, s])
+                                        for b in (profile.min, profile.opt, profile.max)))
     config.add_optimization_profile(opt_profile)
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if lib is not None:
@@ -451,6 +478,8 @@ def _parser() -> argparse.ArgumentParser:
                    "~/.cache/m2det, per TensorRT version and GPU arch)")  # fmt: skip
     p.add_argument("--version-compatible", action="store_true",
                    help="build a version-compatible plan with the plugin library inside it")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 math for FP32 layers (faster, ~1e-3 relative error)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     return p
@@ -460,7 +489,7 @@ def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     plan = build_engine(args.onnx, args.out, batch=args.batch, workspace_gib=args.workspace,
                         timing_cache=args.timing_cache, plugin_lib=args.plugin_lib,
-                        version_compatible=args.version_compatible,
+                        version_compatible=args.version_compatible, tf32=args.tf32,
                         progress=not args.no_progress, verbose=args.verbose)  # fmt: skip
     meta = read_sidecar(plan)
     print(f"wrote {plan} ({meta['precision']}, {meta['graph']} graph, batch "

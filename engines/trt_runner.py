@@ -49,18 +49,16 @@ from m2det.nms import NMSParams, batched_nms
 if TYPE_CHECKING:
     import tensorrt
 
-#: Output names of the NMS graph (TensorRT EfficientNMS convention, design §2).
-NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-RAW_OUTPUTS = ("boxes", "scores")
 # NMS fields that change which boxes an NMS plan keeps (the caps only shorten the list).
 _NMS_SEMANTIC_FIELDS = ("method", "score_threshold", "iou_threshold", "sigma", "min_score",
                         "keep_per_class")  # fmt: skip
 
 
 def plan_nms_params(meta: dict[str, Any]) -> NMSParams | None:
-    """The NMS built into a plan (its sidecar's plugin attributes), None for a raw-graph plan."""
+    """The NMS built into a plan (its sidecar's NMS attributes); None for a raw-graph plan or
+    when the attributes were not recorded."""
     attrs = meta.get("nms")
-    if not attrs:
+    if meta.get("graph") != "nms" or not attrs:
         return None
     names = {f.name for f in fields(NMSParams)}
     return NMSParams(**{k: v for k, v in attrs.items() if k in names})
@@ -93,11 +91,12 @@ class TensorRTRunner(Runner):
         if built_in is not None and nms is not None and _differs(nms, built_in):
             warnings.warn(f"{self.plan.name} runs the NMS it was built with ({built_in}); the "
                           "requested NMS parameters are ignored", stacklevel=2)  # fmt: skip
+        self.has_nms = meta.get("graph") == "nms"
         post = built_in or nms
-        if post is None:
+        if post is None and not self.has_nms:
             raise M2DetError(f"{self.plan.name} is a raw-graph plan: pass NMS parameters")
-        super().__init__(M2DetConfig.from_dict(meta["config"]), post, str(meta["precision"]))
-        self.has_nms = built_in is not None
+        super().__init__(M2DetConfig.from_dict(meta["config"]), post or NMSParams(),
+                         str(meta["precision"]))  # fmt: skip
         self.profile = BatchProfile(**meta["batch"])
         self.cuda_graph = cuda_graph
         self._plugin_lib = self._find_plugin_library(plugin_lib)
@@ -109,7 +108,7 @@ class TensorRTRunner(Runner):
 
     def _find_plugin_library(self, plugin_lib: str | Path | None) -> Path | None:
         plugin = self.meta.get("plugin") or {}
-        if not self.has_nms or (plugin.get("serialized_in_plan") and plugin_lib is None):
+        if not plugin or (plugin.get("serialized_in_plan") and plugin_lib is None):
             return resolve_plugin_library(plugin_lib) if plugin_lib else None
         found = resolve_plugin_library(plugin_lib)
         if found is None and plugin.get("library") and Path(plugin["library"]).is_file():
@@ -137,9 +136,7 @@ class TensorRTRunner(Runner):
             self._state.stream.synchronize()
 
     # ----- inference
-    def infer(self, images: Any) -> Detections:
-        """images [B,3,S,S] float32 BGR 0-255 (numpy, CPU or CUDA torch tensor), B within the
-        plan's batch profile -> Detections (boxes normalized to the input)."""
+    def _execute(self, images: Any) -> dict[str, np.ndarray]:
         if self._state is None:
             self.__enter__()
         assert self._state is not None
@@ -149,10 +146,24 @@ class TensorRTRunner(Runner):
             raise M2DetError(f"batch {b} is outside {self.plan.name}'s profile "
                              f"{self.profile.min}..{self.profile.max}; rebuild with "
                              f"m2det-build --batch MIN:OPT:MAX")  # fmt: skip
+        return self._state.run(images, b, self.cuda_graph)
+
+    def raw(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw-graph plans: images [B,3,S,S] -> (boxes [B,A,4], scores [B,A,C]) float32 numpy."""
+        if self.has_nms:
+            raise M2DetError(f"{self.plan.name} has NMS inside: it returns detections, not raw "
+                             "boxes/scores")  # fmt: skip
+        out = self._execute(images)
+        return out["boxes"].astype(np.float32), out["scores"].astype(np.float32)
+
+    def infer(self, images: Any) -> Detections:
+        """images [B,3,S,S] float32 BGR 0-255 (numpy, CPU or CUDA torch tensor), B within the
+        plan's batch profile -> Detections (boxes normalized to the input)."""
         t0 = now_ms()
-        outputs = self._state.run(images, b, self.cuda_graph)
+        outputs = self._execute(images)
         t1 = now_ms()
         if self.has_nms:
+            b = len(outputs["num_detections"])
             dets = Detections(outputs["num_detections"].reshape(b).astype(np.int32),
                               outputs["detection_boxes"].astype(np.float32),
                               outputs["detection_scores"].astype(np.float32),
@@ -221,7 +232,8 @@ class _EngineState:
     # ----- shapes
     def _shape(self, name: str) -> list[int]:
         assert self._context is not None
-        return [int(d) for d in self._context.get_tensor_shape(name)]
+        dims = self._context.get_tensor_shape(name)
+        return [int(dims[i]) for i in range(len(dims))]
 
     def _nbytes(self, name: str) -> int:
         return int(np.prod(self._shape(name), dtype=np.int64)) * self.dtypes[name].itemsize

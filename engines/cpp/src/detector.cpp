@@ -111,13 +111,17 @@ private:
     std::string mLastError;
 };
 
-//! A plugin library loaded into TensorRT's global registry, deregistered on destruction.
+constexpr char const* kPluginName = "M2Det_SoftNMS_TRT";
+constexpr char const* kPluginVersion = "1";
+
+//! A plugin library loaded into TensorRT's global registry, deregistered on destruction. Nothing is
+//! loaded when the soft-NMS plugin is already registered (the registry refuses a second copy).
 class PluginLibrary
 {
 public:
     explicit PluginLibrary(std::string const& path)
     {
-        if (path.empty())
+        if (path.empty() || getPluginRegistry()->getCreator(kPluginName, kPluginVersion, "") != nullptr)
         {
             return;
         }
@@ -129,6 +133,11 @@ public:
         if (mHandle == nullptr)
         {
             throw Error("m2det: TensorRT cannot load plugin library " + path);
+        }
+        if (getPluginRegistry()->getCreator(kPluginName, kPluginVersion, "") == nullptr)
+        {
+            getPluginRegistry()->deregisterLibrary(mHandle);
+            throw Error("m2det: " + path + " does not register plugin " + kPluginName + " version " + kPluginVersion);
         }
     }
     ~PluginLibrary()
