@@ -48,7 +48,7 @@ def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int],
             argv: Sequence[str] | None) -> int:
     """Run a CLI body: its return value is the exit code; an M2DetError prints one line
     ``<prog>: error: <message>`` to stderr and returns 2; Ctrl-C returns 130. Other exceptions are
-    bugs and propagate with their traceback."""
+    bugs and propagate with their traceback. A closed stdout pipe ends quietly with 141."""
     try:
         return fn(argv)
     except M2DetError as e:
@@ -60,6 +60,9 @@ def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout piped into e.g. `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def add_nms_args(parser: argparse.ArgumentParser) -> None:
