@@ -1,0 +1,153 @@
+"""CPU soft-NMS timing: ``m2det.nms`` against the original compiled ``cpu_soft_nms`` figures.
+
+Run ``python -m benchmarks.nms_cpu [--repeats N] [--out PATH]``. Single-class cases time
+``soft_nms`` on clustered boxes (jittered copies of a few objects, scores in (0.1, 1)); the
+full-image case times ``batched_nms`` on one image of 80 classes whose scores come from a softmax
+over plausible logits. Each figure is the median of repeated runs; the JSON (machine, numpy
+version, date, figures) goes to ``benchmarks/results/nms_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m2det.errors import M2DetError
+from m2det.io import atomic_write_json
+from m2det.nms import NMSParams, batched_nms, get_nms_params, soft_nms
+
+# The original Cython cpu_soft_nms (runs to completion, no keep cap) on N single-class boxes,
+# milliseconds, as quoted in the issue for this machine class.
+BASELINE_MS = {100: 0.3, 500: 2.3, 2000: 25.0, 5000: 126.0}
+DEFAULT_OUT = Path(__file__).parent / "results" / "nms_cpu.json"
+
+
+def clustered_boxes(n: int, rng: np.random.Generator, n_objects: int = 8,
+                    spread: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` boxes [n,4] (normalized x1,y1,x2,y2) jittered around ``n_objects`` objects, plus
+    scores [n] in (0.1, 1), higher for boxes closer to their object."""
+    centers = rng.uniform(0.15, 0.85, (n_objects, 2))
+    sizes = rng.uniform(0.05, 0.4, (n_objects, 2))
+    obj = rng.integers(0, n_objects, n)
+    jitter = rng.normal(0.0, spread, (n, 4))
+    c = centers[obj] + jitter[:, :2] * sizes[obj]
+    wh = sizes[obj] * np.exp(jitter[:, 2:])
+    boxes = np.concatenate([c - wh / 2, c + wh / 2], axis=1).clip(0.0, 1.0)
+    closeness = np.exp(-np.square(jitter).sum(1) / (4 * spread**2))
+    scores = 0.1 + 0.9 * closeness * rng.uniform(0.5, 1.0, n)
+    return boxes.astype(np.float32), np.minimum(scores, 0.999).astype(np.float32)
+
+
+def image_case(rng: np.random.Generator, n_anchors: int = 11_620, n_classes: int = 80,
+               n_objects: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """One image as an SSD-style network sees it: boxes [1,A,4] and softmax scores [1,A,C]
+    (background dropped). A = 11,620 is M2Det-320's prior count; anchors near an object lean
+    towards its class, the rest to background."""
+    boxes, _ = clustered_boxes(n_anchors, rng, n_objects=n_objects * 4, spread=0.6)
+    logits = rng.normal(0.0, 1.0, (n_anchors, n_classes + 1))
+    logits[:, 0] += 4.0  # background
+    obj_class = rng.integers(0, n_classes, n_objects)
+    near = rng.integers(0, n_objects, n_anchors)
+    strength = rng.uniform(-2.0, 9.0, n_anchors)
+    logits[np.arange(n_anchors), 1 + obj_class[near]] += strength
+    logits -= logits.max(1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(1, keepdims=True)
+    return boxes[None], prob[None, :, 1:].astype(np.float32)
+
+
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def single_class_rows(repeats: int, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    official = get_nms_params("official")
+    variants = {"official (keep 50)": official,
+                "official, unlimited": get_nms_params("official", keep_per_class=0)}
+    for n, base in BASELINE_MS.items():
+        boxes, scores = clustered_boxes(n, np.random.default_rng(seed + n))
+        for name, params in variants.items():
+            kept, _ = soft_nms(boxes, scores, params)
+            ms = median_ms(lambda p=params: soft_nms(boxes, scores, p), repeats)
+            rows.append({"case": f"1 class, {n} boxes", "variant": name, "boxes": n,
+                         "kept": len(kept), "ms": ms, "baseline_ms": base,
+                         "speedup": base / ms})
+    return rows
+
+
+def image_rows(repeats: int, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    boxes, scores = image_case(np.random.default_rng(seed))
+    for threshold in (0.1, 0.05):
+        params: NMSParams = get_nms_params("official", score_threshold=threshold)
+        n_cand = int((scores > np.float32(threshold)).sum())
+        det = batched_nms(boxes, scores, params)
+        ms = median_ms(lambda p=params: batched_nms(boxes, scores, p), repeats)
+        rows.append({"case": f"image, 80 classes, threshold {threshold}",
+                     "variant": "official (keep 50)", "boxes": n_cand,
+                     "kept": int(det.num[0]), "ms": ms, "baseline_ms": None, "speedup": None})
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = f"{'case':<36} {'variant':<20} {'cand':>6} {'kept':>5} {'ms':>8} {'orig ms':>8} {'ratio':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        base = f"{r['baseline_ms']:8.1f}" if r["baseline_ms"] else f"{'-':>8}"
+        ratio = f"{r['speedup']:5.2f}x" if r["speedup"] else f"{'-':>6}"
+        print(f"{r['case']:<36} {r['variant']:<20} {r['boxes']:>6} {r['kept']:>5} "
+              f"{r['ms']:8.3f} {base} {ratio}")
+    print("ratio = original Cython ms / ours (> 1: faster than the original)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nms_cpu", description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=21, help="timed runs per figure (median)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    args = ap.parse_args(argv)
+    try:
+        if args.repeats < 1:
+            raise M2DetError("--repeats must be >= 1")
+        rows = single_class_rows(args.repeats, args.seed) + image_rows(args.repeats, args.seed)
+        print_table(rows)
+        atomic_write_json(args.out, {
+            "benchmark": "m2det.nms CPU soft-NMS", "date": datetime.datetime.now(
+                datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "repeats": args.repeats, "seed": args.seed,
+            "baseline": "original compiled Cython cpu_soft_nms, no keep cap (issue figures)",
+            "results": rows})
+        print(f"wrote {args.out}")
+    except M2DetError as e:
+        print(f"nms_cpu: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
