@@ -1,0 +1,435 @@
+"""TensorRT builder and runner.
+
+CPU tests (always run): batch profiles, the plan/TensorRT version rule, ONNX inspection (ours or
+not, raw or NMS graph), the sidecar, and the one-line exit-2 errors of ``m2det-build`` and the
+runner when TensorRT, a GPU or the right file is missing.
+
+``@pytest.mark.trt`` tests (``pytest -m trt``) need the real TensorRT package and a GPU: they
+export ``m2det_tiny`` (raw graph, and the soft-NMS plugin graph when the plugin library can be
+built), build plans, run them and compare with ONNX Runtime + the CPU reference NMS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from engines import build
+from engines.build import BatchProfile, check_plan_version, inspect_onnx
+from m2det.config import get_config
+from m2det.errors import M2DetError
+from m2det.nms import NMSParams
+
+TINY = get_config("m2det_tiny")
+S = TINY.input_size
+
+
+# --------------------------------------------------------------------------- helpers
+def _tiny_onnx(path: Path, *, metadata: bool = True, input_name: str = "images",
+               batch: int | str = "batch", nms: NMSParams | None = None) -> Path:
+    """A small stand-in for an exported file: the right input/outputs and metadata, trivial ops
+    (inspect_onnx reads names, shapes, metadata and the plugin node, never the maths)."""
+    from export.onnx_export import set_metadata
+
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, S, S])
+    nodes = [helper.make_node("Identity", [input_name], ["boxes"]),
+             helper.make_node("Identity", [input_name], ["scores"])]  # fmt: skip
+    outputs = ["boxes", "scores"]
+    if nms is not None:
+        outputs = list(build.NMS_OUTPUTS)
+        nodes.append(helper.make_node(build.PLUGIN_OP, ["boxes", "scores"], outputs,
+                                      plugin_version="1", plugin_namespace="",
+                                      **nms.attributes()))  # fmt: skip
+    graph = helper.make_graph(nodes, "tiny", [x], [helper.make_empty_tensor_value_info(o)
+                                                   for o in outputs])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata:
+        set_metadata(model, TINY, "fp16", "nms-plugin" if nms else "raw",
+                     None if isinstance(batch, str) else batch,
+                     {"nms": nms.attributes()} if nms else None)  # fmt: skip
+    onnx.save(model, str(path))
+    return path
+
+
+def _no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import tensorrt`` give what ``tensorrt-stubs`` alone installs: an empty package."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+
+
+def _one_error_line(err: str, prog: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), err
+    return lines[0]
+
+
+def _same_nms(a: NMSParams, b: NMSParams) -> bool:
+    """Equal as the plugin sees them (float attributes are float32 in ONNX)."""
+    f32 = {k: np.float32(v) if isinstance(v, float) else v for k, v in a.attributes().items()}
+    return f32 == {k: np.float32(v) if isinstance(v, float) else v
+                   for k, v in b.attributes().items()}
+
+
+def _sidecar(tmp_path: Path, **overrides: Any) -> Path:
+    """A plan file with a sidecar as ``build_engine`` writes it."""
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"not a real engine")
+    meta = {"format": build.SIDECAR_FORMAT, "tensorrt_version": "10.13.0.35",
+            "version_compatible": False, "precision": "fp32", "graph": "raw",
+            "input_size": S, "batch": {"min": 1, "opt": 2, "max": 4},
+            "config": TINY.to_dict(), "nms": None, "plugin": None, **overrides}  # fmt: skip
+    build.sidecar_path(plan).write_text(json.dumps(meta))
+    return plan
+
+
+# --------------------------------------------------------------------------- CPU: pure logic
+@pytest.mark.parametrize(("spec", "want"), [
+    ("1:8:32", (1, 8, 32)), ("4", (4, 4, 4)), (8, (8, 8, 8)), ((1, 16), (1, 16, 16)),
+    ((2, 4, 8), (2, 4, 8)), (BatchProfile(1, 2, 3), (1, 2, 3)),
+])  # fmt: skip
+def test_batch_profile_parse(spec: Any, want: tuple[int, int, int]) -> None:
+    p = BatchProfile.parse(spec)
+    assert (p.min, p.opt, p.max) == want
+    assert BatchProfile.parse(str(p)) == p
+
+
+@pytest.mark.parametrize("spec", ["8:1:32", "0:1:2", "a:b", "1:2:3:4", ""])
+def test_batch_profile_rejects(spec: str) -> None:
+    with pytest.raises(M2DetError, match="batch profile"):
+        BatchProfile.parse(spec)
+
+
+def test_plan_version_rule() -> None:
+    check_plan_version("10.13.0.35", "10.13.0.35")
+    check_plan_version("10.13.0.35", "10.13.0.40")  # same release, other build number
+    with pytest.raises(M2DetError) as e:
+        check_plan_version("10.13.0.35", "10.14.1.48", plan="m.plan")
+    msg = str(e.value)
+    assert "\n" not in msg and "10.13.0.35" in msg and "10.14.1.48" in msg and "m.plan" in msg
+    with pytest.raises(M2DetError):
+        check_plan_version("11.1.0.106", "10.16.1.11")
+    # version-compatible plans: same major, runtime not older than the builder
+    check_plan_version("11.0.0.1", "11.1.0.106", version_compatible=True)
+    with pytest.raises(M2DetError):
+        check_plan_version("11.1.0.106", "11.0.0.1", version_compatible=True)
+    with pytest.raises(M2DetError):
+        check_plan_version("10.16.1.11", "11.1.0.106", version_compatible=True)
+
+
+def test_network_flags_strongly_typed_only_on_trt10(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("tensorrt")
+    fake.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    assert build.network_flags("10.13.0.35") == 1 << 3
+    assert build.network_flags("11.1.0.106") == 0
+
+
+# --------------------------------------------------------------------------- CPU: ONNX inspection
+def test_inspect_raw_graph(tmp_path: Path) -> None:
+    info = inspect_onnx(_tiny_onnx(tmp_path / "raw.onnx"))
+    assert (info.graph, info.precision, info.input_size, info.batch_dim) == ("raw", "fp16", S, None)
+    assert info.outputs == ("boxes", "scores") and info.nms is None and not info.plugin
+    assert info.config["name"] == TINY.name and len(info.sha256) == 64
+
+
+def test_inspect_nms_graph(tmp_path: Path) -> None:
+    params = NMSParams(method=0, score_threshold=0.2, max_detections=50)
+    info = inspect_onnx(_tiny_onnx(tmp_path / "nms.onnx", nms=params, batch=2))
+    assert info.graph == "nms" and info.plugin and info.batch_dim == 2
+    assert info.nms is not None and _same_nms(NMSParams(**info.nms), params)  # no plugin_* attrs
+
+
+@pytest.mark.parametrize(("kind", "match"), [
+    ("no-metadata", "not an M2Det export"), ("input-name", "expected one input 'images'"),
+    ("garbage", "not a readable ONNX file"), ("missing", "not found"),
+])  # fmt: skip
+def test_inspect_rejects_foreign_onnx(tmp_path: Path, kind: str, match: str) -> None:
+    path = tmp_path / "x.onnx"
+    if kind == "no-metadata":
+        _tiny_onnx(path, metadata=False)
+    elif kind == "input-name":
+        _tiny_onnx(path, input_name="input")
+    elif kind == "garbage":
+        path.write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
+    with pytest.raises(M2DetError, match=match) as e:
+        inspect_onnx(path)
+    assert "\n" not in str(e.value)
+
+
+def test_fixed_batch_onnx_refuses_other_profile(tmp_path: Path) -> None:
+    path = _tiny_onnx(tmp_path / "b1.onnx", batch=1)
+    with pytest.raises(M2DetError, match="fixed batch of 1"):
+        build.build_engine(path, batch="1:8:32")
+
+
+# --------------------------------------------------------------------------- CPU: CLI errors
+def test_build_cli_foreign_onnx_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _tiny_onnx(tmp_path / "foreign.onnx", metadata=False)
+    assert build.main(["--onnx", str(path)]) == 2
+    line = _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert "not an M2Det export" in line
+
+
+def test_build_cli_without_tensorrt_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_tensorrt(monkeypatch)
+    path = _tiny_onnx(tmp_path / "raw.onnx")
+    assert build.main(["--onnx", str(path), "--batch", "1:2:4"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert "TensorRT is not installed" in line
+    assert not (tmp_path / "raw.plan").exists()
+
+
+def test_build_cli_bad_batch_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _tiny_onnx(tmp_path / "raw.onnx")
+    assert build.main(["--onnx", str(path), "--batch", "4:2:1"]) == 2
+    assert "batch profile" in _one_error_line(capsys.readouterr().err, "m2det-build")
+
+
+def test_runner_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.registry import load_runner
+    from engines.trt_runner import TensorRTRunner
+
+    _no_tensorrt(monkeypatch)
+    plan = _sidecar(tmp_path)
+    with pytest.raises(M2DetError, match="TensorRT is not installed"):
+        TensorRTRunner(plan, NMSParams())
+    with pytest.raises(M2DetError, match="TensorRT is not installed"):
+        load_runner(plan, nms=NMSParams())
+
+
+def test_detect_cli_with_plan_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from engines.cli import detect_main
+
+    _no_tensorrt(monkeypatch)
+    plan = _sidecar(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    rc = detect_main(["--engine", str(plan), "--input", str(tmp_path / "a.png"),
+                      "--out", str(tmp_path / "out")])  # fmt: skip
+    assert rc == 2
+    assert "TensorRT is not installed" in _one_error_line(capsys.readouterr().err, "m2det-detect")
+
+
+def test_sidecar_missing_or_foreign(tmp_path: Path) -> None:
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    with pytest.raises(M2DetError, match="m.plan.json.* not found"):
+        build.read_sidecar(plan)
+    build.sidecar_path(plan).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(M2DetError, match="not an m2det plan sidecar"):
+        build.read_sidecar(plan)
+    build.sidecar_path(plan).write_text("{not json")
+    with pytest.raises(M2DetError, match="unreadable plan metadata"):
+        build.read_sidecar(plan)
+
+
+def test_plan_nms_params_from_sidecar(tmp_path: Path) -> None:
+    from engines.trt_runner import plan_nms_params
+
+    params = NMSParams(method=2, sigma=0.5, max_detections=100)
+    meta = build.read_sidecar(_sidecar(tmp_path, graph="nms", nms=params.attributes()))
+    assert plan_nms_params(meta) == params
+    assert plan_nms_params({"graph": "raw", "nms": None}) is None
+
+
+def test_gpu_info_without_gpu() -> None:
+    from engines.cuda_memory import cudart, gpu_info
+
+    err, count = cudart().cudaGetDeviceCount()
+    if err == cudart().cudaError_t.cudaSuccess and count > 0:
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(M2DetError, match="no usable CUDA GPU") as e:
+        gpu_info()
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- TensorRT + GPU
+def _tensorrt_or_skip() -> str:
+    try:
+        version = build.require_tensorrt()
+    except M2DetError as e:
+        pytest.skip(f"TensorRT not usable here: {e}")
+    from engines.cuda_memory import gpu_info
+
+    try:
+        gpu_info()
+    except M2DetError as e:
+        pytest.skip(str(e))
+    return version
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """m2det_tiny exported as a raw graph (dynamic batch) and, when the plugin library is
+    available, as a soft-NMS plugin graph; plus a batch of images."""
+    _tensorrt_or_skip()
+    import torch
+
+    from export.nms_graph import add_plugin_nms
+    from export.onnx_export import export_raw, save_model, set_metadata
+    from m2det.model import M2DetInference, build_model
+    from m2det.shapes import render_image
+
+    out = tmp_path_factory.mktemp("trt")
+    torch.manual_seed(0)
+    try:  # the bundled trained model gives clear detections (no near-ties in NMS)
+        from engines.registry import default_checkpoint
+        from m2det.checkpoint import load_model
+
+        model = load_model(default_checkpoint(), TINY.name)
+    except M2DetError:
+        model = build_model(TINY)
+    module = M2DetInference(model).eval()
+    raw = export_raw(module, None)
+    set_metadata(raw, TINY, "fp32", "raw", None)
+    save_model(raw, out / "tiny.onnx")
+    params = NMSParams(method=1, score_threshold=0.05, max_detections=100)
+    files: dict[str, Any] = {"raw": out / "tiny.onnx", "params": params, "dir": out}
+    try:
+        lib = build.resolve_plugin_library(None)
+        if lib is None:
+            from engines.soft_nms_kernel import build_libraries, library_dir
+
+            build_libraries(library_dir())
+            lib = build.resolve_plugin_library(None)
+    except M2DetError as e:
+        print(f"soft-NMS plugin library unavailable: {e}")
+        lib = None
+    if lib is not None:
+        nms = add_plugin_nms(raw, params)
+        set_metadata(nms, TINY, "fp32", "nms-plugin", None, {"nms": params.attributes()})
+        save_model(nms, out / "tiny_nms.onnx")
+        files["nms"], files["lib"] = out / "tiny_nms.onnx", lib
+    rng = np.random.default_rng(0)
+    from m2det.preprocess import preprocess
+
+    files["images"] = preprocess([render_image(rng, 2 * S)[0] for _ in range(3)], S)
+    return files
+
+
+def _ort_raw(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, scores = sess.run(["boxes", "scores"], {"images": images})
+    return boxes, scores
+
+
+@pytest.mark.trt
+def test_raw_plan_matches_onnxruntime(exported: dict[str, Any]) -> None:
+    from engines.trt_runner import TensorRTRunner
+    from m2det.nms import batched_nms
+
+    plan = build.build_engine(exported["raw"], exported["dir"] / "raw.plan", batch="1:2:4",
+                              progress=False)  # fmt: skip
+    meta = build.read_sidecar(plan)
+    assert meta["graph"] == "raw" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
+    images = exported["images"]
+    ref_boxes, ref_scores = _ort_raw(exported["raw"], images)
+    with TensorRTRunner(plan, exported["params"]) as runner:
+        assert runner.batch_range == (1, 4)
+        boxes, scores = runner.raw(images)
+        np.testing.assert_allclose(boxes, ref_boxes, atol=1e-4)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+        dets = runner(images)
+        ref = batched_nms(boxes, scores, exported["params"])
+        np.testing.assert_array_equal(dets.num, ref.num)
+        np.testing.assert_array_equal(dets.classes, ref.classes)
+        np.testing.assert_array_equal(dets.scores, ref.scores)
+        one = runner(images[:1])  # another batch size in the same profile
+        np.testing.assert_array_equal(one.num, dets.num[:1])
+        with pytest.raises(M2DetError, match="outside"):
+            runner(np.concatenate([images, images]))  # 6 > max 4
+
+
+@pytest.mark.trt
+def test_raw_plan_cuda_tensor_and_graph(exported: dict[str, Any]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA (needed for the CUDA-tensor input path)")
+    from engines.trt_runner import TensorRTRunner
+
+    plan = exported["dir"] / "raw.plan"
+    if not plan.is_file():
+        plan = build.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
+    images = exported["images"]
+    with TensorRTRunner(plan, exported["params"]) as host_runner:
+        want = host_runner(images)
+    with TensorRTRunner(plan, exported["params"], cuda_graph=True) as runner:
+        for _ in range(2):  # capture, then replay
+            got = runner(torch.from_numpy(images).cuda())
+            np.testing.assert_array_equal(got.num, want.num)
+            np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-6)
+
+
+@pytest.mark.trt
+def test_nms_plan_matches_reference(exported: dict[str, Any]) -> None:
+    from engines.trt_runner import TensorRTRunner
+    from m2det.nms import batched_nms
+
+    if "nms" not in exported:
+        pytest.skip("soft-NMS plugin library not available (build plugins/ with TensorRT)")
+    plan = build.build_engine(exported["nms"], exported["dir"] / "nms.plan", batch="1:2:4",
+                              plugin_lib=exported["lib"], progress=False)  # fmt: skip
+    images = exported["images"]
+    ref = batched_nms(*_ort_raw(exported["raw"], images), exported["params"])
+    with TensorRTRunner(plan) as runner:
+        assert _same_nms(runner.nms, exported["params"])
+        got = runner(images)
+        assert runner.last_timing.nms == 0
+    for b in range(len(images)):
+        rb, rs, rc = ref.image(b)
+        gb, gs, gc = got.image(b)
+        assert abs(len(rs) - len(gs)) <= max(2, len(rs) // 20)
+        # the engine's network and ONNX Runtime differ by ~1e-6, which may reorder near-ties:
+        # every one of the reference's top detections must be found (class, box, score)
+        top = min(len(rs), 20)
+        found = sum(bool(np.any((gc == rc[j]) & (np.abs(gs - rs[j]) < 1e-4)
+                                & (np.abs(gb - rb[j]).max(axis=1) < 1e-4)))
+                    for j in range(top))  # fmt: skip
+        assert found >= 0.9 * top, (b, found, top)
+
+
+@pytest.mark.trt
+def test_trt_bad_inputs_exit_2(exported: dict[str, Any], tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.trt_runner import TensorRTRunner
+
+    plan = exported["dir"] / "raw.plan"
+    if not plan.is_file():
+        plan = build.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
+    # a plan whose sidecar names another TensorRT version
+    other = tmp_path / "other.plan"
+    other.write_bytes(plan.read_bytes())
+    meta = build.read_sidecar(plan)
+    build.sidecar_path(other).write_text(json.dumps({**meta, "tensorrt_version": "9.0.0.1"}))
+    with pytest.raises(M2DetError, match="built with TensorRT 9.0.0.1"):
+        TensorRTRunner(other, exported["params"])
+    # an NMS plan without its plugin library
+    build.sidecar_path(other).write_text(json.dumps({
+        **meta, "graph": "nms", "nms": exported["params"].attributes(),
+        "plugin": {"op": build.PLUGIN_OP, "version": "1", "library": str(tmp_path / "gone.so"),
+                   "serialized_in_plan": False}}))  # fmt: skip
+    monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
+    monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(M2DetError, match="needs the soft-NMS plugin library"):
+        TensorRTRunner(other)
+    # the CLI: ONNX that is not ours, and a missing plugin library
+    foreign = _tiny_onnx(tmp_path / "foreign.onnx", metadata=False)
+    assert build.main(["--onnx", str(foreign)]) == 2
+    assert "not an M2Det export" in _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert build.main(["--onnx", str(exported["raw"]), "--plugin-lib", "/no/such.so"]) == 2
+    assert "plugin library not found" in _one_error_line(capsys.readouterr().err, "m2det-build")
