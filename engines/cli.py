@@ -109,15 +109,17 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     group.add_argument("--fp16", action="store_true", help="checkpoints on CUDA: autocast FP16")
 
 
-def _open_runner(args: argparse.Namespace) -> Any:
+def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
+    """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
     from engines.registry import default_checkpoint, load_runner
     from m2det.config import get_config
 
     if args.config is not None:
         get_config(args.config)  # unknown names fail first, listing the valid ones
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
-    return load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
-                       fp16=args.fp16)  # fmt: skip
+    runner = load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
+                         fp16=args.fp16)  # fmt: skip
+    return runner, artifact
 
 
 def _progress(iterable: Any, **kw: Any) -> Any:
@@ -197,7 +199,7 @@ def _detect(argv: Sequence[str] | None) -> int:
     is_video = source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS
     if not is_video and source.is_file():
         read_image(source)  # a single unreadable image is an error before the model loads
-    runner = _open_runner(args)
+    runner, artifact = _open_runner(args)
     detector = _Detector(runner, args.draw_threshold)
     skipped: list[str] = []
     with runner:
@@ -212,7 +214,7 @@ def _detect(argv: Sequence[str] | None) -> int:
                     continue
                 _write_image(out / path.name, detector(path.name, image))
     atomic_write_json(out / "detections.json", {
-        "artifact": str(args.ckpt or args.onnx or args.engine or "bundled"),
+        "artifact": str(artifact),
         "backend": runner.name, "config": runner.config.name, "input": str(source),
         "nms": jsonable(runner.nms), "boxes": "x1,y1,x2,y2 in original image pixels",
         "detections": detector.records, "skipped": skipped,
@@ -269,11 +271,13 @@ def _detect_video(detector: _Detector, source: Path, out: Path) -> None:
                     if not writer.isOpened():
                         raise M2DetError(f"cannot write video {target}")
                 writer.write(annotated)
-        finally:
+        except BaseException:
             if writer is not None:
                 writer.release()
-        if video_tmp.exists():
-            os.replace(video_tmp, tmp)
+            video_tmp.unlink(missing_ok=True)
+            raise
+        writer.release()  # at least one frame was read, so the writer exists
+        os.replace(video_tmp, tmp)
 
 
 def detect_main(argv: Sequence[str] | None = None) -> int:
@@ -307,12 +311,11 @@ def _eval(argv: Sequence[str] | None) -> int:
         raise M2DetError(f"annotation file not found: {args.ann}")
     if not args.images.is_dir():
         raise M2DetError(f"image folder not found: {args.images}")
-    runner = _open_runner(args)
+    runner, artifact = _open_runner(args)
     with runner:
         metrics = evaluate_coco(runner, args.ann, args.images, config_labels=runner.config.labels,
                                 limit=args.limit, batch=args.batch, out_json=args.save_detections,
                                 per_class=args.per_class)  # fmt: skip
-    artifact = args.ckpt or args.onnx or args.engine
     print(f"{runner.name} {artifact} ({runner.config.name}, {args.nms} NMS) on {args.ann}: "
           f"{metrics['num_images']} images, {metrics['num_detections']} detections")
     print(coco_table(metrics))

@@ -110,6 +110,15 @@ def test_detect_video(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["clip_det.mp4", "detections.json"]
 
 
+def test_unreadable_video_leaves_no_partial_files(tiny_ckpt: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    clip = _write(tmp_path / "clip.mp4", b"not a video")
+    out = tmp_path / "out"
+    assert detect_main(["--ckpt", str(tiny_ckpt), "--input", str(clip), "--out", str(out)]) == 2
+    assert "cannot read video" in _one_error_line(capsys.readouterr().err, "m2det-detect")
+    assert not out.exists() or not list(out.iterdir())
+
+
 # ----------------------------------------------------------------------------- m2det-eval
 def _shapes_ckpt_for_coco_set(tmp_path: Path) -> Path:
     """The test COCO set has 2 categories: a tiny model with 2 foreground classes."""
