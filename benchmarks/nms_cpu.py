@@ -48,22 +48,28 @@ def clustered_boxes(n: int, rng: np.random.Generator, n_objects: int = 8,
     return boxes.astype(np.float32), np.minimum(scores, 0.999).astype(np.float32)
 
 
-def image_case(rng: np.random.Generator, n_anchors: int = 11_620, n_classes: int = 80,
-               n_objects: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """One image as an SSD-style network sees it: boxes [1,A,4] and softmax scores [1,A,C]
-    (background dropped). A = 11,620 is M2Det-320's prior count; anchors near an object lean
-    towards its class, the rest to background."""
-    boxes, _ = clustered_boxes(n_anchors, rng, n_objects=n_objects * 4, spread=0.6)
+def image_case(rng: np.random.Generator, n_anchors: int = 12_810, n_classes: int = 80,
+               n_objects: int = 8, near_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """One image as an SSD-style detector sees it: boxes [1,A,4] and softmax scores [1,A,C]
+    (background column dropped). A = 12,810 is M2Det-320's prior count. ``n_objects`` objects of
+    a few classes (some repeated); a ``near_fraction`` of the anchors regress onto an object
+    (jittered box, logit of its class raised by a random strength), the rest see background."""
+    obj_boxes, _ = clustered_boxes(n_objects, rng, n_objects=n_objects, spread=0.01)
+    obj_class = rng.choice(rng.choice(n_classes, 4, replace=False), n_objects)
+    near = rng.random(n_anchors) < near_fraction
+    obj = rng.integers(0, n_objects, n_anchors)
+    wh = (obj_boxes[:, 2:] - obj_boxes[:, :2])[obj]
+    jitter = rng.normal(0.0, 0.12, (n_anchors, 4)) * np.concatenate([wh, wh], 1)
+    random_boxes, _ = clustered_boxes(n_anchors, rng, n_objects=64, spread=0.5)
+    boxes = np.where(near[:, None], (obj_boxes[obj] + jitter).clip(0, 1), random_boxes)
     logits = rng.normal(0.0, 1.0, (n_anchors, n_classes + 1))
-    logits[:, 0] += 4.0  # background
-    obj_class = rng.integers(0, n_classes, n_objects)
-    near = rng.integers(0, n_objects, n_anchors)
-    strength = rng.uniform(-2.0, 9.0, n_anchors)
-    logits[np.arange(n_anchors), 1 + obj_class[near]] += strength
+    logits[:, 0] += 5.0  # background
+    strength = rng.uniform(-1.0, 10.0, n_anchors) * np.exp(-np.abs(jitter).sum(1) / wh.sum(1))
+    logits[near, 1 + obj_class[obj[near]]] += strength[near]
     logits -= logits.max(1, keepdims=True)
     prob = np.exp(logits)
     prob /= prob.sum(1, keepdims=True)
-    return boxes[None], prob[None, :, 1:].astype(np.float32)
+    return boxes[None].astype(np.float32), prob[None, :, 1:].astype(np.float32)
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
