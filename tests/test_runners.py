@@ -145,3 +145,28 @@ def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         default_checkpoint()
     (tmp_path / "absent.pth").write_bytes(b"x")
     assert default_checkpoint() == tmp_path / "absent.pth"
+
+
+@pytest.mark.slow  # traces and slims the tiny graph: ~5 s idle, ~15 s on a busy machine
+def test_onnx_file_goes_to_onnx_runtime_and_matches_torch(tiny_ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from export.onnx_export import export_raw, set_metadata
+    from export.onnx_export import save_model as save_onnx
+    from m2det.checkpoint import load_model
+    from m2det.model import M2DetInference
+
+    onnx_path = tmp_path / "tiny.onnx"
+    graph = export_raw(M2DetInference(load_model(tiny_ckpt)))
+    set_metadata(graph, TINY, "fp32", "raw", None)
+    save_onnx(graph, onnx_path)
+    nms = get_nms_params("hard", score_threshold=0.05)
+    onnx_runner = load_runner(onnx_path, nms=nms, config="m2det_tiny")
+    assert onnx_runner.backend == "onnxruntime" and onnx_runner.config.name == "m2det_tiny"
+    x = _images(2)
+    got, want = onnx_runner(x), load_runner(tiny_ckpt, nms=nms)(x)
+    np.testing.assert_array_equal(got.num, want.num)
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-5)
+    with pytest.raises(M2DetError, match="exported for config 'm2det_tiny', not 'm2det512_vgg'"):
+        load_runner(onnx_path, nms=nms, config="m2det512_vgg")
