@@ -25,31 +25,38 @@ std::vector<Detection> softNmsClass(Box const* boxes, float const* scores, int32
     for (size_t i = 0; i < cand.size(); ++i)
         area[i] = boxArea(boxes[cand[i].anchor]);
 
-    // 2. Emit the best remaining candidate, decay the others by their overlap with it.
+    // 2. Emit the best remaining candidate, decay the others by their overlap with it.  `alive`
+    // lists the remaining candidates in no particular order (the argmax breaks ties explicitly).
+    std::vector<size_t> alive(cand.size());
+    for (size_t i = 0; i < alive.size(); ++i)
+        alive[i] = i;
     std::vector<Detection> kept;
-    std::vector<bool> alive(cand.size(), true);
-    while (p.keep_per_class <= 0 || kept.size() < static_cast<size_t>(p.keep_per_class))
+    while (!alive.empty() && (p.keep_per_class <= 0 || kept.size() < static_cast<size_t>(p.keep_per_class)))
     {
-        int64_t best = -1;
-        for (size_t i = 0; i < cand.size(); ++i)
+        size_t best = 0;
+        for (size_t k = 1; k < alive.size(); ++k)
         {
-            if (alive[i]
-                && (best < 0 || emitsBefore(cand[i].score, cand[i].anchor, cand[best].score, cand[best].anchor)))
-                best = static_cast<int64_t>(i);
+            Detection const& c = cand[alive[k]];
+            if (emitsBefore(c.score, c.anchor, cand[alive[best]].score, cand[alive[best]].anchor))
+                best = k;
         }
-        if (best < 0)
-            break;
-        kept.push_back(cand[best]);
-        alive[best] = false;
-        Box const& e = boxes[cand[best].anchor];
-        for (size_t i = 0; i < cand.size(); ++i)
+        size_t const e = alive[best];
+        kept.push_back(cand[e]);
+        alive[best] = alive.back();
+        alive.pop_back();
+        Box const& eBox = boxes[cand[e].anchor];
+        for (size_t k = 0; k < alive.size();)
         {
-            if (!alive[i])
-                continue;
-            float const iou = boxIou(e, area[best], boxes[cand[i].anchor], area[i]);
-            cand[i].score = cand[i].score * decayWeight(iou, p.method, p.iou_threshold, p.sigma);
-            if (cand[i].score < p.min_score)
-                alive[i] = false;
+            Detection& c = cand[alive[k]];
+            float const iou = boxIou(eBox, area[e], boxes[c.anchor], area[alive[k]]);
+            c.score = c.score * decayWeight(iou, p.method, p.iou_threshold, p.sigma);
+            if (c.score < p.min_score)
+            {
+                alive[k] = alive.back(); // discard
+                alive.pop_back();
+            }
+            else
+                ++k;
         }
     }
     return kept;

@@ -1,0 +1,239 @@
+"""ctypes bindings of the soft-NMS C ABI (``plugins/soft_nms/softNmsApi.h``).
+
+Two shared libraries, built by CMake from ``plugins/`` (``build_libraries`` does it on demand):
+
+- ``libm2det_softnms_cpu.so``: the C++ reference; loads without CUDA (CI runs it).
+- ``libm2det_softnms.so``: the CUDA kernel (static CUDA runtime) plus the same host functions.
+
+Both produce the EfficientNMS layout the TensorRT plugin writes, returned as ``Detections``.
+The libraries are looked up in ``$M2DET_SOFTNMS_LIB_DIR`` if set, else in ``plugins/build/``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m2det.detections import Detections
+from m2det.errors import M2DetError
+from m2det.nms import NMSParams
+
+__all__ = [
+    "CPU_LIBRARY", "CUDA_LIBRARY", "MAX_CUDA_CANDIDATES", "MAX_CUDA_DETECTIONS", "SoftNmsParams",
+    "build_libraries", "c_params", "library_dir", "load_library", "soft_nms_cpu_reference",
+    "soft_nms_cuda", "soft_nms_cuda_tensors", "workspace_size",
+]
+
+CPU_LIBRARY = "libm2det_softnms_cpu.so"
+CUDA_LIBRARY = "libm2det_softnms.so"
+MAX_CUDA_CANDIDATES = 4096
+MAX_CUDA_DETECTIONS = 4096
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+
+
+class SoftNmsParams(ctypes.Structure):
+    """``M2DetSoftNmsParams`` (softNmsParams.h): the plugin's 8 attributes."""
+
+    _fields_ = [
+        ("score_threshold", ctypes.c_float),
+        ("iou_threshold", ctypes.c_float),
+        ("sigma", ctypes.c_float),
+        ("min_score", ctypes.c_float),
+        ("method", ctypes.c_int32),
+        ("max_candidates", ctypes.c_int32),
+        ("keep_per_class", ctypes.c_int32),
+        ("max_detections", ctypes.c_int32),
+    ]
+
+
+def library_dir() -> Path:
+    """Where the libraries are looked up: ``$M2DET_SOFTNMS_LIB_DIR`` or ``plugins/build``."""
+    return Path(os.environ.get("M2DET_SOFTNMS_LIB_DIR") or PLUGINS_DIR / "build")
+
+
+def build_libraries(build_dir: Path, *, cuda_architectures: str | None = None,
+                    extra_args: tuple[str, ...] = ()) -> Path:
+    """Configure and build ``plugins/`` into ``build_dir`` (incremental); returns ``build_dir``.
+
+    ``cuda_architectures`` (e.g. "90") overrides the default SASS set 75..90 + PTX."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise M2DetError("cmake is not on PATH: cannot build the soft-NMS libraries")
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), *extra_args]
+    if cuda_architectures:
+        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}")
+    for cmd in (configure, [cmake, "--build", str(build_dir), "-j", str(os.cpu_count() or 1)]):
+        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            tail = (run.stdout + run.stderr).strip().splitlines()[-15:]
+            raise M2DetError(f"building the soft-NMS libraries failed ({' '.join(cmd[:2])}): "
+                             + " | ".join(tail))
+    return build_dir
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    params = ctypes.POINTER(SoftNmsParams)
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    lib.m2det_soft_nms_check.argtypes = [params, i64, i64, ctypes.c_int]
+    lib.m2det_soft_nms_check.restype = ctypes.c_char_p
+    lib.m2det_soft_nms_workspace_size.argtypes = [i64, i64, i64, params]
+    lib.m2det_soft_nms_workspace_size.restype = ctypes.c_size_t
+    ints = [ctypes.c_int] * 4  # scoresIsHalf, B, A, C
+    lib.m2det_soft_nms_cpu.argtypes = [vp, vp, *ints, params, vp, vp, vp, vp]
+    lib.m2det_soft_nms_cpu.restype = ctypes.c_int
+    if hasattr(lib, "m2det_soft_nms_cuda"):
+        lib.m2det_soft_nms_cuda.argtypes = [vp, vp, *ints, params, vp, ctypes.c_size_t,
+                                            vp, vp, vp, vp, vp]
+        lib.m2det_soft_nms_cuda.restype = ctypes.c_int
+    return lib
+
+
+@cache
+def load_library(name: str = CPU_LIBRARY, build: bool = True) -> ctypes.CDLL:
+    """Load ``name`` from ``library_dir()``, building ``plugins/`` there first if it is missing
+    and ``build`` is true."""
+    path = library_dir() / name
+    if not path.is_file() and build:
+        build_libraries(library_dir())
+    if not path.is_file():
+        raise M2DetError(f"{path} not found: build plugins/ with CMake "
+                         "(see plugins/soft_nms/README.md)")
+    try:
+        return _declare(ctypes.CDLL(str(path)))
+    except OSError as e:
+        raise M2DetError(f"cannot load {path}: {e}") from None
+
+
+def c_params(params: NMSParams, num_anchors: int, num_classes: int, *,
+             for_cuda: bool = False, lib: ctypes.CDLL | None = None) -> SoftNmsParams:
+    """``params`` as the C struct for A anchors and C classes. ``max_detections == 0`` (no cap)
+    becomes the most detections an image can have, C * min(keep_per_class, max_candidates, A);
+    raises M2DetError if the library rejects the result."""
+    keep_cap = min(params.max_candidates, num_anchors)
+    if params.keep_per_class > 0:
+        keep_cap = min(keep_cap, params.keep_per_class)
+    k = params.max_detections or num_classes * keep_cap
+    if for_cuda and params.max_detections == 0 and k > MAX_CUDA_DETECTIONS:
+        raise M2DetError(f"soft_nms_cuda needs max_detections <= {MAX_CUDA_DETECTIONS}; "
+                         f"max_detections=0 (no cap) would need {k} here: set a cap")
+    c = SoftNmsParams(params.score_threshold, params.iou_threshold, params.sigma,
+                      params.min_score, int(params.method), params.max_candidates,
+                      params.keep_per_class, k)
+    why = (lib or load_library()).m2det_soft_nms_check(ctypes.byref(c), num_anchors, num_classes,
+                                                       int(for_cuda))
+    if why is not None:
+        raise M2DetError(f"invalid soft-NMS parameters: {why.decode()}")
+    return c
+
+
+def workspace_size(batch: int, num_anchors: int, num_classes: int, params: NMSParams) -> int:
+    """Workspace bytes the CUDA kernel needs for boxes [B,A,4] / scores [B,A,C]."""
+    lib = load_library()
+    c = c_params(params, num_anchors, num_classes, for_cuda=True, lib=lib)
+    return int(lib.m2det_soft_nms_workspace_size(batch, num_anchors, num_classes, ctypes.byref(c)))
+
+
+def _shapes(boxes_shape: tuple[int, ...], scores_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if (len(boxes_shape) != 3 or boxes_shape[2] != 4 or len(scores_shape) != 3
+            or tuple(scores_shape[:2]) != tuple(boxes_shape[:2])):
+        raise M2DetError(f"soft-NMS expects boxes [B,A,4] and scores [B,A,C], got "
+                         f"{list(boxes_shape)} and {list(scores_shape)}")
+    b, a, c = (int(v) for v in scores_shape)
+    if b < 1 or a < 1 or c < 1:
+        raise M2DetError(f"soft-NMS needs B, A, C >= 1, got scores {[b, a, c]}")
+    return b, a, c
+
+
+def _host(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def soft_nms_cpu_reference(boxes: Any, scores: Any, params: NMSParams) -> Detections:
+    """The C++ reference: ``boxes`` [B,A,4] float32, ``scores`` [B,A,C] float32 or float16
+    (numpy or torch) -> Detections padded to K (``max_detections``, or the largest possible
+    count when it is 0)."""
+    b_np = np.ascontiguousarray(_host(boxes), np.float32)
+    s_np = _host(scores)
+    half = s_np.dtype == np.float16
+    s_np = np.ascontiguousarray(s_np, np.float16 if half else np.float32)
+    B, A, C = _shapes(b_np.shape, s_np.shape)
+    lib = load_library()
+    c = c_params(params, A, C, lib=lib)
+    k = c.max_detections
+    out = Detections(np.zeros(B, np.int32), np.zeros((B, k, 4), np.float32),
+                     np.zeros((B, k), np.float32), np.zeros((B, k), np.int32))
+    rc = lib.m2det_soft_nms_cpu(b_np.ctypes.data, s_np.ctypes.data, int(half), B, A, C,
+                                ctypes.byref(c), out.num.ctypes.data, out.boxes.ctypes.data,
+                                out.scores.ctypes.data, out.classes.ctypes.data)
+    if rc != 0:
+        raise M2DetError("m2det_soft_nms_cpu rejected its arguments")
+    return out
+
+
+def soft_nms_cuda_tensors(boxes: Any, scores: Any, params: NMSParams,
+                          workspace: Any | None = None) -> tuple[Any, Any, Any, Any]:
+    """The CUDA kernel on torch CUDA tensors ``boxes`` [B,A,4] float32 and ``scores`` [B,A,C]
+    float32|float16, enqueued on torch's current stream without synchronising. Returns device
+    tensors (num [B,1] int32, boxes [B,K,4], scores [B,K] float32, classes [B,K] int32).
+    ``workspace``: an optional uint8 CUDA tensor of at least ``workspace_size`` bytes (reuse
+    it across calls to time only the kernels)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise M2DetError("soft_nms_cuda needs a CUDA device, and torch sees none "
+                         "(torch.cuda.is_available() is False)")
+    if not (isinstance(boxes, torch.Tensor) and isinstance(scores, torch.Tensor)
+            and boxes.is_cuda and scores.is_cuda and boxes.device == scores.device):
+        raise M2DetError("soft_nms_cuda expects boxes and scores as torch CUDA tensors "
+                         "on one device")
+    if boxes.dtype != torch.float32 or scores.dtype not in (torch.float32, torch.float16):
+        raise M2DetError(f"soft_nms_cuda expects float32 boxes and float32/float16 scores, got "
+                         f"{boxes.dtype} and {scores.dtype}")
+    B, A, C = _shapes(tuple(boxes.shape), tuple(scores.shape))
+    boxes, scores = boxes.contiguous(), scores.contiguous()
+    lib = load_library(CUDA_LIBRARY)
+    c = c_params(params, A, C, for_cuda=True, lib=lib)
+    need = int(lib.m2det_soft_nms_workspace_size(B, A, C, ctypes.byref(c)))
+    if workspace is None or workspace.numel() < need:
+        workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=boxes.device)
+    k, dev = c.max_detections, boxes.device
+    num = torch.empty((B, 1), dtype=torch.int32, device=dev)
+    out_boxes = torch.empty((B, k, 4), dtype=torch.float32, device=dev)
+    out_scores = torch.empty((B, k), dtype=torch.float32, device=dev)
+    out_classes = torch.empty((B, k), dtype=torch.int32, device=dev)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        rc = lib.m2det_soft_nms_cuda(
+            boxes.data_ptr(), scores.data_ptr(), int(scores.dtype == torch.float16), B, A, C,
+            ctypes.byref(c), workspace.data_ptr(), workspace.numel(), num.data_ptr(),
+            out_boxes.data_ptr(), out_scores.data_ptr(), out_classes.data_ptr(), stream)
+    if rc != 0:
+        raise M2DetError(f"m2det_soft_nms_cuda failed with cudaError {rc}")
+    return num, out_boxes, out_scores, out_classes
+
+
+def soft_nms_cuda(boxes: Any, scores: Any, params: NMSParams) -> Detections:
+    """The CUDA kernel: like ``soft_nms_cpu_reference`` but ``boxes``/``scores`` are torch
+    CUDA tensors (host arrays are copied to the current device). Synchronises to return host
+    Detections."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise M2DetError("soft_nms_cuda needs a CUDA device, and torch sees none "
+                         "(torch.cuda.is_available() is False)")
+    boxes_t = torch.as_tensor(boxes, device="cuda") if not isinstance(boxes, torch.Tensor) \
+        else boxes.cuda()
+    scores_t = torch.as_tensor(scores, device="cuda") if not isinstance(scores, torch.Tensor) \
+        else scores.cuda()
+    num, out_boxes, out_scores, out_classes = soft_nms_cuda_tensors(boxes_t, scores_t, params)
+    return Detections(num.cpu().numpy()[:, 0], out_boxes.cpu().numpy(), out_scores.cpu().numpy(),
+                      out_classes.cpu().numpy())
