@@ -81,13 +81,14 @@ def ref_batched(boxes: np.ndarray, scores: np.ndarray,
 
 @contextlib.contextmanager
 def code_path(name: str) -> Iterator[None]:
-    """'block': precomputed weight blocks (small inputs); 'lazy': weights per step and
-    discarded candidates squeezed out at every opportunity."""
+    """'block': precomputed weight blocks (small inputs); 'lazy': weights per step, discarded
+    candidates squeezed out at every opportunity, classes split into many groups."""
     if name == "block":
         yield
         return
     with mock.patch.object(nms, "_ROW_BLOCK", 0), mock.patch.object(nms, "_BLOCK_ELEMENTS", 0), \
-            mock.patch.object(nms, "_SQUEEZE_EVERY", 1):
+            mock.patch.object(nms, "_SQUEEZE_EVERY", 1), \
+            mock.patch.object(nms, "_GROUP_WIDTHS", (1, 3, 6)):
         yield
 
 
@@ -325,6 +326,16 @@ def test_invariants(method: Method, n: int) -> None:
         for i in range(len(kept)):
             for k in range(i):
                 assert ref_iou(kept[k], kept[i]) <= f32(p.iou_threshold)
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_matches_reference_on_a_crowded_class(method: Method) -> None:
+    boxes, scores = clustered(400, seed=7)  # > _ROW_BLOCK: weights per step, squeezes
+    p = NMSParams(method, score_threshold=0.05, iou_threshold=0.3, keep_per_class=0)
+    idx, sc = soft_nms(boxes, scores, p)
+    expected = ref_soft_nms(boxes, scores, p)
+    assert idx.tolist() == [i for i, _ in expected]
+    assert sc.tolist() == [s for _, s in expected]
 
 
 def test_batched_equals_per_class_soft_nms() -> None:
