@@ -4,7 +4,8 @@
 # -Wall -Wextra -Werror on our targets, once with OpenCV (if found) and once without.
 #   usage: engines/cpp/check_compile.sh [TENSORRT_INCLUDE_DIR]
 #   (default: $TensorRT_INCLUDE_DIR, else the first ~/.cache/tensorrt-oss/*/include, as written by
-#    shared/tools/trt-headers.sh). Exit 0: clean; 1: errors or warnings; 3: no headers found.
+#    shared/tools/trt-headers.sh). M2DET_CHECK_OPENCV="ON" or "OFF" checks one configuration only.
+#   Exit 0: clean; 1: errors or warnings; 3: no headers found.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 inc=${1:-${TensorRT_INCLUDE_DIR:-}}
@@ -18,7 +19,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
-for opencv in ON OFF; do
+for opencv in ${M2DET_CHECK_OPENCV:-ON OFF}; do
   build="$work/opencv-$opencv"
   cmake -S "$here" -B "$build" -DM2DET_COMPILE_ONLY=ON -DM2DET_WITH_OPENCV=$opencv \
     -DTensorRT_INCLUDE_DIR="$inc" -DCMAKE_BUILD_TYPE=Release >"$build.configure.log" 2>&1 \
