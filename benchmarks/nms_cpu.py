@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -100,7 +101,7 @@ def single_class_rows(repeats: int, seed: int) -> list[dict[str, Any]]:
         boxes, scores = clustered_boxes(n, np.random.default_rng(seed + n))
         for name, params in variants.items():
             kept, _ = soft_nms(boxes, scores, params)
-            times = time_ms(lambda p=params, b=boxes, s=scores: soft_nms(b, s, p), repeats)
+            times = time_ms(functools.partial(soft_nms, boxes, scores, params), repeats)
             rows.append(row(f"1 class, {n} boxes", name, n, len(kept), times, base))
     return rows
 
@@ -112,7 +113,7 @@ def image_rows(repeats: int, seed: int) -> list[dict[str, Any]]:
         params: NMSParams = get_nms_params("official", score_threshold=threshold)
         n_cand = int((scores > np.float32(threshold)).sum())
         kept = int(batched_nms(boxes, scores, params).num[0])
-        times = time_ms(lambda p=params: batched_nms(boxes, scores, p), repeats)
+        times = time_ms(functools.partial(batched_nms, boxes, scores, params), repeats)
         rows.append(row(f"image, 80 classes, score > {threshold}", "official (keep 50)", n_cand,
                         kept, times, None))
     return rows

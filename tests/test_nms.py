@@ -4,7 +4,9 @@ the vectorized implementation on generated cases, invariants, presets and parame
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -95,9 +97,10 @@ def code_path(name: str) -> Iterator[None]:
 PATHS = ["block", "lazy"]
 
 
-def run(boxes: list[list[float]], scores: list[float], **kw: object) -> tuple[list[int], list]:
+def run(boxes: Sequence[Sequence[float]], scores: Sequence[float],
+        **kw: Any) -> tuple[list[int], list[float]]:
     idx, sc = soft_nms(np.array(boxes, f32).reshape(-1, 4), np.array(scores, f32),
-                       NMSParams(**kw))  # type: ignore[arg-type]
+                       NMSParams(**kw))
     assert idx.dtype == np.int64 and sc.dtype == np.float32
     return idx.tolist(), sc.tolist()
 
@@ -361,8 +364,7 @@ def test_presets() -> None:
             official.score_threshold, official.keep_per_class, official.max_detections) == (
         Method.LINEAR, 0.3, 0.45, 0.001, 0.1, 50, 0)
     assert get_nms_params("soft") == official
-    assert get_nms_params("paper") == NMSParams(
-        **{**official.attributes(), "method": Method.LINEAR, "score_threshold": 0.05})
+    assert get_nms_params("paper") == dataclasses.replace(official, score_threshold=0.05)
     hard = get_nms_params("hard")
     assert (hard.method, hard.iou_threshold, hard.score_threshold, hard.keep_per_class) == (
         Method.HARD, 0.45, 0.1, 50)
@@ -380,7 +382,7 @@ def test_get_nms_params_overrides_and_errors() -> None:
 @pytest.mark.parametrize("bad", [dict(method=3), dict(sigma=0.0), dict(min_score=-0.1),
                                  dict(score_threshold=float("nan")), dict(max_candidates=0),
                                  dict(max_detections=-1), dict(iou_threshold=-0.5)])
-def test_invalid_params_raise(bad: dict) -> None:
+def test_invalid_params_raise(bad: dict[str, Any]) -> None:
     with pytest.raises(M2DetError, match="NMS"):
         NMSParams(**bad)
 
