@@ -74,7 +74,8 @@ def test_detect_one_image(tiny_ckpt: Path, tmp_path: Path) -> None:
         assert 0 <= x1 <= x2 <= 240 and 0 <= y1 <= y2 <= 180  # original pixels, clipped
         assert d["score"] > 0.05 and d["label"] == TINY.labels[d["class"]]
     annotated = cv2.imread(str(out / "scene.png"))
-    assert annotated.shape == original.shape and (annotated != original).any()
+    assert annotated is not None and annotated.shape == original.shape
+    assert np.any(annotated != original)
 
 
 def test_detect_folder_skips_unreadable_images(tiny_ckpt: Path, tmp_path: Path,

@@ -15,7 +15,7 @@ from m2det.detections import Detections
 from m2det.errors import M2DetError
 
 # Non-contiguous category ids on purpose: label 0 -> id 3, label 1 -> id 7.
-CATEGORIES = [{"id": 7, "name": "square"}, {"id": 3, "name": "circle"}]
+CATEGORIES: list[dict[str, Any]] = [{"id": 7, "name": "square"}, {"id": 3, "name": "circle"}]
 # (width, height, [(category_id, x, y, w, h), ...]); boxes stay clear of the borders.
 IMAGES = [
     (200, 150, [(3, 20, 30, 60, 50), (7, 110, 40, 50, 70)]),
@@ -29,7 +29,8 @@ def write_coco_set(root: Path) -> tuple[Path, Path]:
     """Images (background value 10*(id) identifies the image after resizing) + annotation JSON."""
     image_dir = root / "images"
     image_dir.mkdir(parents=True)
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for image_id, (w, h, boxes) in enumerate(IMAGES, start=1):
         img = np.full((h, w, 3), 10 * image_id, np.uint8)
         for cat, x, y, bw, bh in boxes:
