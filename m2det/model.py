@@ -89,7 +89,8 @@ class M2DetInference(nn.Module):
     def __init__(self, model: M2Det) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("priors", make_priors(model.config), persistent=False)
+        priors = make_priors(model.config).to(model.mean.device)
+        self.register_buffer("priors", priors, persistent=False)
         self.variance = model.config.variance
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
