@@ -21,7 +21,7 @@ namespace
 constexpr int kSlots = 4;            // candidates per thread in the class kernel
 constexpr int kMaxThreads = 1024;    // kSlots * kMaxThreads == M2DET_SOFT_NMS_MAX_CANDIDATES
 constexpr int kMergeThreads = 1024;
-constexpr int kRadixBins = 256;
+constexpr int kRadixBins = kSoftNmsRadixBins;
 constexpr unsigned kFullMask = 0xFFFFFFFFU;
 static_assert(kSlots * kMaxThreads == M2DET_SOFT_NMS_MAX_CANDIDATES, "slots must cover max_candidates");
 
@@ -69,22 +69,6 @@ __device__ int blockSum(int v, int* scratch)
         total += scratch[w];
     __syncthreads();
     return total;
-}
-
-//! Thread 0 of a radix-select pass: the highest digit d with (#keys of a higher digit) < remaining
-//! <= (#keys of digit >= d); stores d and the remaining count within digit d.
-__device__ void pickDigit(uint32_t const* hist, int remaining, uint32_t* digit, int* remainingInDigit)
-{
-    int above = 0;
-    int d = kRadixBins - 1;
-    for (; d > 0; --d)
-    {
-        if (above + static_cast<int>(hist[d]) >= remaining)
-            break;
-        above += static_cast<int>(hist[d]);
-    }
-    *digit = static_cast<uint32_t>(d);
-    *remainingInDigit = remaining - above;
 }
 
 struct ClassShared
@@ -144,7 +128,7 @@ __device__ int selectCandidates(void const* __restrict__ scores, int64_t scoreBa
         }
         __syncthreads();
         if (tid == 0)
-            pickDigit(s.hist, remaining, &s.digit, &s.remaining);
+            radixPickDigit(s.hist, remaining, &s.digit, &s.remaining);
         __syncthreads();
         prefix |= s.digit << shift;
         mask |= 0xFFU << shift;
@@ -312,7 +296,7 @@ struct MergeShared
 };
 
 //! Merge key of an emitted pair: higher score first, then lower class, then lower anchor.  Unique per
-//! image because class * A + anchor < 2^32 - 1 (checked by softNmsCheck); never 0.
+//! image, and never 0, because class * A + anchor < 2^31 (checked by softNmsCheck).
 __device__ __forceinline__ unsigned long long mergeKey(float score, int32_t c, int32_t anchor, int32_t A)
 {
     uint32_t const flat = static_cast<uint32_t>(c) * static_cast<uint32_t>(A) + static_cast<uint32_t>(anchor);
@@ -368,7 +352,7 @@ __global__ void __launch_bounds__(kMergeThreads) softNmsMergeKernel(float const*
             }
             __syncthreads();
             if (tid == 0)
-                pickDigit(s.hist, remaining, &s.digit, &s.remaining);
+                radixPickDigit(s.hist, remaining, &s.digit, &s.remaining);
             __syncthreads();
             prefix |= static_cast<unsigned long long>(s.digit) << shift;
             mask |= 0xFFULL << shift;

@@ -89,6 +89,25 @@ M2DET_HD float scoreFromKey(uint32_t key)
 #endif
 }
 
+constexpr int kSoftNmsRadixBins = 256; //!< 8-bit digits
+
+//! One pass of a radix select for the `remaining`-th highest key (1-based) among keys whose digit
+//! histogram is `hist`: the highest digit d with #(digit > d) < remaining <= #(digit >= d); also
+//! returns `remaining` minus #(digit > d), the rank to look for inside digit d.
+M2DET_HD void radixPickDigit(uint32_t const* hist, int remaining, uint32_t* digit, int* remainingInDigit)
+{
+    int above = 0;
+    int d = kSoftNmsRadixBins - 1;
+    for (; d > 0; --d)
+    {
+        if (above + static_cast<int>(hist[d]) >= remaining)
+            break;
+        above += static_cast<int>(hist[d]);
+    }
+    *digit = static_cast<uint32_t>(d);
+    *remainingInDigit = remaining - above;
+}
+
 } // namespace m2det
 
 #endif // M2DET_SOFT_NMS_MATH_H

@@ -67,8 +67,8 @@ inline char const* softNmsCheck(SoftNmsParams const& p, int64_t numAnchors, int6
         return "max_detections must be <= 4096 for the CUDA kernel";
     if (numAnchors < 1 || numClasses < 1)
         return "boxes/scores need at least one anchor and one class";
-    if (numAnchors * numClasses > int64_t{0xFFFFFFFE})
-        return "numAnchors * numClasses must be < 2^32";
+    if (numAnchors * numClasses > int64_t{0x7FFFFFFF})
+        return "numAnchors * numClasses must be < 2^31";
     return nullptr;
 }
 

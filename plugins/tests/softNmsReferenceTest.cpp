@@ -2,9 +2,12 @@
 #include "softNmsApi.h"
 #include "softNmsReference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <random>
 #include <vector>
 
 namespace
@@ -130,6 +133,75 @@ void testMergeAndCApi()
     CHECK(m2det_soft_nms_workspace_size(2, 3, 2, &p) == 3 * 256);
 }
 
+// The kernels' radix select run sequentially: the k-th highest key T (1-based) and how many keys
+// equal to T belong to the top k.
+template <typename Key>
+Key radixSelect(std::vector<Key> const& keys, int k, int& remaining)
+{
+    Key prefix = 0;
+    Key mask = 0;
+    remaining = k;
+    for (int shift = static_cast<int>(sizeof(Key)) * 8 - 8; shift >= 0; shift -= 8)
+    {
+        uint32_t hist[m2det::kSoftNmsRadixBins] = {};
+        for (Key key : keys)
+        {
+            if ((key & mask) == prefix)
+                ++hist[(key >> shift) & 0xFFU];
+        }
+        uint32_t digit = 0;
+        m2det::radixPickDigit(hist, remaining, &digit, &remaining);
+        prefix |= static_cast<Key>(digit) << shift;
+        mask |= static_cast<Key>(0xFFU) << shift;
+    }
+    return prefix;
+}
+
+template <typename Key>
+void checkRadixSelect(std::vector<Key> const& keys, int k)
+{
+    int remaining = 0;
+    Key const t = radixSelect(keys, k, remaining);
+    std::vector<Key> sorted = keys;
+    std::sort(sorted.begin(), sorted.end(), std::greater<Key>());
+    CHECK(t == sorted[static_cast<size_t>(k) - 1]);
+    auto const above = std::count_if(keys.begin(), keys.end(), [t](Key v) { return v > t; });
+    auto const equal = std::count(keys.begin(), keys.end(), t);
+    CHECK(above == k - remaining && remaining >= 1 && remaining <= equal);
+}
+
+void testKeysAndRadixSelect()
+{
+    // scoreKey orders floats (negative, -0 == +0, subnormal, positive) and inverts exactly.
+    float const ordered[] = {-2.0F, -1e-40F, 0.0F, 1e-40F, 0.25F, 0.5F, 1.0F, 3e38F};
+    for (size_t i = 0; i + 1 < sizeof(ordered) / sizeof(ordered[0]); ++i)
+        CHECK(m2det::scoreKey(ordered[i]) < m2det::scoreKey(ordered[i + 1]));
+    for (float v : ordered)
+        CHECK(m2det::scoreFromKey(m2det::scoreKey(v)) == v);
+    CHECK(m2det::scoreKey(-0.0F) == m2det::scoreKey(0.0F));
+
+    std::mt19937 rng(5);
+    std::uniform_int_distribution<int> grid(0, 20);
+    std::uniform_real_distribution<float> uniform(-1.0F, 1.0F);
+    for (int trial = 0; trial < 200; ++trial)
+    {
+        std::vector<uint32_t> keys32;
+        std::vector<unsigned long long> keys64;
+        int const n = 1 + trial * 7;
+        for (int i = 0; i < n; ++i)
+        {
+            float const v = trial % 2 ? static_cast<float>(grid(rng)) / 16.0F : uniform(rng); // ties on odd
+            keys32.push_back(m2det::scoreKey(v));
+            keys64.push_back((static_cast<unsigned long long>(keys32.back()) << 32) | (0xFFFFFFFFU - i));
+        }
+        for (int k : {1, n / 3 + 1, n})
+        {
+            checkRadixSelect(keys32, k);
+            checkRadixSelect(keys64, k);
+        }
+    }
+}
+
 } // namespace
 
 int main()
@@ -138,6 +210,7 @@ int main()
     testMethods();
     testTiesLimitsAndThreshold();
     testMergeAndCApi();
+    testKeysAndRadixSelect();
     if (gFailures == 0)
         std::printf("soft_nms_reference_test: all checks passed\n");
     return gFailures == 0 ? 0 : 1;
