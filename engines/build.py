@@ -121,8 +121,8 @@ def check_plan_version(built: str, installed: str, *, version_compatible: bool =
                        plan: str | Path = "plan") -> None:
     """Refuse a plan built by another TensorRT version (one-line M2DetError).
 
-    A normal plan needs the same major.minor.patch; a version-compatible one a runtime of the
-    same major version that is not older than the builder.
+    A normal plan needs the same version (major.minor.patch and build, as TensorRT's own check); a
+    version-compatible one a runtime of the same major version that is not older than the builder.
     """
     b, i = version_tuple(built), version_tuple(installed)
     if len(b) < 3 or len(i) < 3:
@@ -131,8 +131,9 @@ def check_plan_version(built: str, installed: str, *, version_compatible: bool =
         ok = b[0] == i[0] and i[:3] >= b[:3]
         need = f"TensorRT {b[0]}.x >= {built}"
     else:
-        ok = b[:3] == i[:3]
-        need = f"TensorRT {'.'.join(map(str, b[:3]))}"
+        n = min(len(b), len(i))
+        ok = b[:n] == i[:n]
+        need = f"TensorRT {built}"
     if not ok:
         raise M2DetError(f"{plan} was built with TensorRT {built} but TensorRT {installed} is "
                          f"installed (needs {need}); rebuild it with m2det-build")  # fmt: skip

@@ -177,7 +177,9 @@ class TensorRTRunner(Runner):
 
 
 def _differs(a: NMSParams, b: NMSParams) -> bool:
-    return any(getattr(a, f) != getattr(b, f) for f in _NMS_SEMANTIC_FIELDS)
+    """Whether two NMS settings keep different boxes (compared as the float32 the plugin uses)."""
+    return any(np.float32(getattr(a, f)) != np.float32(getattr(b, f))
+               for f in _NMS_SEMANTIC_FIELDS)  # fmt: skip
 
 
 class _EngineState:
@@ -236,7 +238,11 @@ class _EngineState:
         return [int(dims[i]) for i in range(len(dims))]
 
     def _nbytes(self, name: str) -> int:
-        return int(np.prod(self._shape(name), dtype=np.int64)) * self.dtypes[name].itemsize
+        shape = self._shape(name)
+        if min(shape, default=0) < 0:
+            raise M2DetError(f"tensor {name!r} has a data-dependent shape {shape}; this runner "
+                             "needs shapes fixed by the input shape")  # fmt: skip
+        return int(np.prod(shape, dtype=np.int64)) * self.dtypes[name].itemsize
 
     def _set_batch(self, b: int) -> None:
         assert self._context is not None

@@ -109,7 +109,9 @@ def test_batch_profile_rejects(spec: str) -> None:
 
 def test_plan_version_rule() -> None:
     check_plan_version("10.13.0.35", "10.13.0.35")
-    check_plan_version("10.13.0.35", "10.13.0.40")  # same release, other build number
+    check_plan_version("10.13.0.35", "10.13.0")
+    with pytest.raises(M2DetError):
+        check_plan_version("10.13.0.35", "10.13.0.40")  # another build of the same release
     with pytest.raises(M2DetError) as e:
         check_plan_version("10.13.0.35", "10.14.1.48", plan="m.plan")
     msg = str(e.value)
@@ -241,6 +243,11 @@ def test_plan_nms_params_from_sidecar(tmp_path: Path) -> None:
     meta = build.read_sidecar(_sidecar(tmp_path, graph="nms", nms=params.attributes()))
     assert plan_nms_params(meta) == params
     assert plan_nms_params({"graph": "raw", "nms": None}) is None
+    from engines.trt_runner import _differs
+
+    rounded = NMSParams(score_threshold=float(np.float32(0.05)), iou_threshold=0.3)
+    assert not _differs(NMSParams(score_threshold=0.05, iou_threshold=0.3), rounded)
+    assert _differs(NMSParams(score_threshold=0.1), rounded)
 
 
 def test_gpu_info_without_gpu() -> None:
