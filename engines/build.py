@@ -301,7 +301,7 @@ def _progress_monitor(enabled: bool) -> tensorrt.IProgressMonitor:
             trt.IProgressMonitor.__init__(self)
             self._bars: dict[str, tqdm[Any]] = {}
 
-        def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=False,
                                           position=len(self._bars), disable=not enabled,
                                           file=sys.stderr, dynamic_ncols=True)  # fmt: skip
@@ -429,7 +429,8 @@ def _build_serialized(info: OnnxInfo, profile: BatchProfile, workspace_gib: floa
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if lib is not None:
             config.plugins_to_serialize = [str(lib)]
-    config.progress_monitor = _progress_monitor(progress)
+    monitor = _progress_monitor(progress)  # a Python reference for the whole build
+    config.progress_monitor = monitor
     _load_timing_cache(config, cache_path, logger)
 
     serialized = builder.build_serialized_network(network, config)

@@ -261,6 +261,51 @@ def test_gpu_info_without_gpu() -> None:
     assert "\n" not in str(e.value)
 
 
+# --------------------------------------------------------------------------- CPU: C++ preprocessing
+_HARNESS = """#include "m2det/detector.h"
+extern "C" int m2det_preprocess(unsigned char const* data, int w, int h, int size, float* out)
+{
+    try { m2det::preprocessBgr(m2det::ImageView{data, w, h, 0}, size, out); return 0; }
+    catch (...) { return 1; }
+}
+"""
+
+
+@pytest.mark.parametrize("opencv", [True, False], ids=["cv-resize", "own-bilinear"])
+def test_cpp_preprocessing_matches_python(tmp_path: Path, opencv: bool) -> None:
+    """engines/cpp's resize + HWC->CHW equals m2det.preprocess: exactly when built with OpenCV,
+    within 1 (of 255; OpenCV's fixed-point rounding) with its own bilinear resize."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    from m2det.preprocess import preprocess
+
+    cpp = Path(__file__).resolve().parents[1] / "engines" / "cpp"
+    cv_include = Path("/usr/include/opencv4")
+    if shutil.which("g++") is None or (opencv and not cv_include.is_dir()):
+        pytest.skip("needs g++ (and the OpenCV headers, libopencv-dev, for the cv-resize build)")
+    (tmp_path / "harness.cpp").write_text(_HARNESS)
+    lib = tmp_path / "libpreprocess.so"
+    cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+           f"-I{cpp / 'include'}", str(tmp_path / "harness.cpp"), str(cpp / "src/preprocess.cpp"),
+           "-o", str(lib)]  # fmt: skip
+    if opencv:
+        cmd[1:1] = ["-DM2DET_WITH_OPENCV", f"-I{cv_include}"]
+        cmd += ["-lopencv_imgproc", "-lopencv_core"]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    fn = ctypes.CDLL(str(lib)).m2det_preprocess
+    rng = np.random.default_rng(0)
+    for h, w, s in [(480, 640, 160), (100, 37, 160), (321, 123, 320), (30, 50, 160)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = np.empty((3, s, s), np.float32)
+        assert fn(ctypes.c_void_p(img.ctypes.data), w, h, s, ctypes.c_void_p(out.ctypes.data)) == 0
+        diff = np.abs(out - preprocess(img, s)[0])
+        assert diff.max() <= (0 if opencv else 1), (h, w, s, diff.max())
+        assert (diff > 0).mean() < 0.2
+
+
 # --------------------------------------------------------------------------- TensorRT + GPU
 def _tensorrt_or_skip() -> str:
     try:
