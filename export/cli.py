@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import onnx
 import torch
@@ -53,9 +53,16 @@ DEFAULT_TOLERANCE = 1e-4
 PARITY_IMAGES = 4
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are M2DetErrors, so they too print one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise M2DetError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=PROG, description=__doc__.splitlines()[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (.pth, project or official layout)")
     p.add_argument("--config", help="preset name (needed when the checkpoint records none)")
     p.add_argument("--out", default=".", help="output folder (default: .)")
