@@ -261,6 +261,184 @@ def test_gpu_info_without_gpu() -> None:
     assert "\n" not in str(e.value)
 
 
+# --------------------------------------------------------------------------- CPU: builder logic
+def _fake_tensorrt(version: str) -> types.ModuleType:
+    """A recording stand-in for the few TensorRT calls ``build_engine`` makes, so the builder's
+    logic (flags, profile, cache, plugin, files written) runs on a machine without TensorRT."""
+    trt = types.ModuleType("tensorrt")
+    calls: dict[str, Any] = {"flags": set(), "cleared": set(), "loaded": []}
+    ns = types.SimpleNamespace
+
+    class Registry:
+        def get_creator(self, name: str, version: str, namespace: str) -> object | None:
+            ours = (name, version) == (build.PLUGIN_OP, "1")
+            return object() if calls["loaded"] and ours else None
+
+        def load_library(self, path: str) -> object:
+            calls["loaded"].append(path)
+            return object()
+
+    class Cache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return b"CACHE" + self.data
+
+    class Config:
+        plugins_to_serialize: list[str] = []
+        progress_monitor: Any = None
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            calls["workspace"] = (pool, size)
+
+        def add_optimization_profile(self, profile: Any) -> int:
+            return 0
+
+        def set_flag(self, flag: str) -> None:
+            calls["flags"].add(flag)
+
+        def clear_flag(self, flag: str) -> None:
+            calls["cleared"].add(flag)
+
+        def create_timing_cache(self, data: bytes) -> Cache:
+            return Cache(bytes(data))
+
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self) -> Cache:
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name: str, *shapes: list[int]) -> None:
+            calls["profile"] = (name, shapes)
+
+    class Builder:
+        def __init__(self, logger: Any) -> None:
+            pass
+
+        def get_plugin_registry(self) -> Registry:
+            return Registry()
+
+        def create_network(self, flags: int) -> object:
+            calls["network_flags"] = flags
+            return object()
+
+        def create_builder_config(self) -> Config:
+            calls["config"] = Config()
+            return calls["config"]
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: object, config: Config) -> bytes:
+            monitor = config.progress_monitor
+            monitor.phase_start("Building", None, 2)
+            assert monitor.step_complete("Building", 0) and monitor.step_complete("Building", 1)
+            monitor.phase_finish("Building")
+            return b"PLAN-BYTES"
+
+    class Parser:
+        def __init__(self, network: object, logger: Any) -> None:
+            self.num_errors = 0
+
+        def parse_from_file(self, path: str) -> bool:
+            self.num_errors = 2 if "broken" in path else 0
+            return self.num_errors == 0
+
+        def get_error(self, i: int) -> Any:
+            return ns(desc=lambda: "Unsupported\n op", node_name=lambda: "/nms/X", node=lambda: 7,
+                      node_operator=lambda: build.PLUGIN_OP)  # fmt: skip
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    trt.__dict__.update(
+        __version__=version, Builder=Builder, OnnxParser=Parser, IProgressMonitor=IProgressMonitor,
+        Logger=type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda self, s: None,
+                                   "log": lambda self, s, m: None}),
+        BuilderFlag=ns(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE"),
+        NetworkDefinitionCreationFlag=ns(STRONGLY_TYPED=1), MemoryPoolType=ns(WORKSPACE="WS"),
+        Dims=list, calls=calls,
+    )  # fmt: skip
+    return trt
+
+
+@pytest.fixture()
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from engines import cuda_memory
+
+    def install(version: str) -> types.ModuleType:
+        trt = _fake_tensorrt(version)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt
+
+    monkeypatch.setattr(cuda_memory, "gpu_info", lambda: cuda_memory.GpuInfo(0, "Fake GPU", 9, 0))
+    return install
+
+
+def test_build_engine_logic(tmp_path: Path, fake_trt: Any) -> None:
+    trt = fake_trt("10.13.0.35")
+    params = NMSParams(method=0, max_detections=50)
+    onnx_path = _tiny_onnx(tmp_path / "tiny_nms.onnx", nms=params)
+    lib = tmp_path / "libm2det_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    plan = build.build_engine(onnx_path, batch="1:2:4", plugin_lib=lib, timing_cache=cache,
+                              workspace_gib=2, progress=False)  # fmt: skip
+    assert plan == tmp_path / "tiny_nms.plan" and plan.read_bytes() == b"PLAN-BYTES"  # plain
+    calls = trt.calls
+    assert calls["network_flags"] == 1 << 1  # STRONGLY_TYPED on TensorRT 10
+    assert calls["cleared"] == {"TF32"} and calls["flags"] == set()
+    assert calls["workspace"] == ("WS", 2 << 30)
+    assert calls["profile"] == ("images", ([1, 3, S, S], [2, 3, S, S], [4, 3, S, S]))
+    assert calls["loaded"] == [str(lib.resolve())]
+    assert cache.read_bytes() == b"CACHEold"  # loaded, then saved
+    meta = build.read_sidecar(plan)
+    assert meta["tensorrt_version"] == "10.13.0.35" and meta["precision"] == "fp16"
+    assert meta["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"}
+    assert meta["graph"] == "nms" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert meta["plugin"]["library"] == str(lib.resolve()) and not meta["version_compatible"]
+    assert meta["source_onnx"]["sha256"] == build.file_sha256(onnx_path)
+    assert _same_nms(NMSParams(**meta["nms"]), params)
+    from m2det.config import M2DetConfig
+
+    assert M2DetConfig.from_dict(meta["config"]) == TINY
+
+
+def test_build_engine_trt11_version_compatible(tmp_path: Path, fake_trt: Any) -> None:
+    trt = fake_trt("11.1.0.106")
+    lib = tmp_path / "libm2det_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    plan = build.build_engine(_tiny_onnx(tmp_path / "n.onnx", nms=NMSParams(max_detections=9)),
+                              plugin_lib=lib, timing_cache=tmp_path / "c", version_compatible=True,
+                              tf32=True, progress=False)  # fmt: skip
+    assert trt.calls["network_flags"] == 0  # TensorRT 11: always strongly typed, no flag
+    assert trt.calls["flags"] == {"VERSION_COMPATIBLE"} and trt.calls["cleared"] == set()
+    assert trt.calls["config"].plugins_to_serialize == [str(lib.resolve())]
+    meta = build.read_sidecar(plan)
+    assert meta["version_compatible"] and meta["plugin"]["serialized_in_plan"] and meta["tf32"]
+
+
+def test_build_engine_errors(tmp_path: Path, fake_trt: Any, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_trt("10.13.0.35")
+    broken = _tiny_onnx(tmp_path / "broken.onnx")
+    assert build.main(["--onnx", str(broken), "--timing-cache", str(tmp_path / "c")]) == 2
+    line = _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert f"node /nms/X ({build.PLUGIN_OP}): Unsupported op; 1 more error(s)" in line
+    monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
+    monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
+    nms = _tiny_onnx(tmp_path / "nms.onnx", nms=NMSParams(max_detections=9))
+    assert build.main(["--onnx", str(nms)]) == 2
+    assert "--plugin-lib" in _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert not (tmp_path / "broken.plan").exists() and not (tmp_path / "nms.plan").exists()
+
+
 # --------------------------------------------------------------------------- CPU: C++ preprocessing
 _HARNESS = """#include "m2det/detector.h"
 extern "C" int m2det_preprocess(unsigned char const* data, int w, int h, int size, float* out)
