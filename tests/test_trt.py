@@ -439,6 +439,197 @@ def test_build_engine_errors(tmp_path: Path, fake_trt: Any, capsys: pytest.Captu
     assert not (tmp_path / "broken.plan").exists() and not (tmp_path / "nms.plan").exists()
 
 
+# --------------------------------------------------------------------------- CPU: runner data flow
+A, C = 3, 2  # anchors and classes of the stand-in network
+FAKE_BOXES = np.array([[0.1, 0.1, 0.4, 0.4], [0.12, 0.1, 0.42, 0.4], [0.6, 0.6, 0.9, 0.8]],
+                      np.float32)  # fmt: skip
+
+
+def fake_network(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the stand-in engine computes: fixed boxes, scores from each image's mean."""
+    m = images.reshape(len(images), -1).mean(axis=1) / 255.0
+    scores = np.stack([np.stack([m, 1 - m], 1) * w for w in (1.0, 0.9, 0.5)], 1)
+    return np.broadcast_to(FAKE_BOXES, (len(images), A, 4)).copy(), scores.astype(np.float32)
+
+
+def _fake_cuda() -> types.SimpleNamespace:
+    """cuda-python's runtime calls the runner makes, on host memory (pointers are host addresses;
+    a captured stream records the engine's work and a graph launch replays it)."""
+    import ctypes
+
+    ns = types.SimpleNamespace
+    memory: dict[int, np.ndarray] = {}
+    state: dict[str, Any] = {"capture": None, "launches": 0}
+
+    def alloc(n: int) -> tuple[int, int]:
+        buf = np.zeros(n, np.uint8)
+        memory[buf.ctypes.data] = buf
+        return (0, buf.ctypes.data)
+
+    def memcpy(dst: int, src: int, n: int, kind: str, stream: int) -> tuple[int]:
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def end_capture(stream: int) -> tuple[int, list[Any]]:
+        graph, state["capture"] = state["capture"], None
+        return (0, graph)
+
+    def launch(graph: list[Any], stream: int) -> tuple[int]:
+        state["launches"] += 1
+        for work in graph:
+            work()
+        return (0,)
+
+    ok = (0,)
+    return ns(
+        cudaError_t=ns(cudaSuccess=0), cudaGetErrorString=lambda e: (0, b"fake"),
+        cudaGetDeviceCount=lambda: (0, 1), cudaGetDevice=lambda: (0, 0),
+        cudaGetDeviceProperties=lambda i: (0, ns(name=b"Fake GPU\0", major=9, minor=0)),
+        cudaMalloc=alloc, cudaMallocHost=alloc,
+        cudaFree=lambda p: (memory.pop(p), ok)[1], cudaFreeHost=lambda p: (memory.pop(p), ok)[1],
+        cudaStreamNonBlocking=1, cudaStreamCreateWithFlags=lambda f: (0, 77),
+        cudaStreamSynchronize=lambda s: ok, cudaStreamDestroy=lambda s: ok,
+        cudaMemcpyKind=ns(cudaMemcpyHostToDevice="HtoD", cudaMemcpyDeviceToHost="DtoH",
+                          cudaMemcpyDeviceToDevice="DtoD"),
+        cudaMemcpyAsync=memcpy,
+        cudaStreamCaptureMode=ns(cudaStreamCaptureModeThreadLocal=1),
+        cudaStreamBeginCapture=lambda s, m: (state.update(capture=[]), ok)[1],
+        cudaStreamEndCapture=end_capture, cudaGraphInstantiate=lambda g, f: (0, g),
+        cudaGraphLaunch=launch, cudaGraphExecDestroy=lambda g: ok, cudaGraphDestroy=lambda g: ok,
+        memory=memory, state=state,
+    )  # fmt: skip
+
+
+def _fake_engine(trt: types.ModuleType, cuda: types.SimpleNamespace, max_batch: int) -> None:
+    """Add a Runtime whose engine runs ``fake_network`` (raw graph) to the TensorRT stand-in."""
+    import ctypes
+
+    dtypes = {"images": np.dtype(np.float32), "boxes": np.dtype(np.float32),
+              "scores": np.dtype(np.float32)}  # fmt: skip
+
+    def view(ptr: int, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape))
+        return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr)).reshape(shape)
+
+    class Context:
+        def __init__(self) -> None:
+            self.batch, self.addr = 0, {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            self.batch = shape[0]
+            return name == "images" and 1 <= shape[0] <= max_batch and shape[1:] == (3, S, S)
+
+        def get_tensor_shape(self, name: str) -> list[int]:
+            return {"images": [self.batch, 3, S, S], "boxes": [self.batch, A, 4],
+                    "scores": [self.batch, A, C]}[name]  # fmt: skip
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            self.addr[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            b, addr = self.batch, dict(self.addr)
+
+            def work() -> None:
+                boxes, scores = fake_network(view(addr["images"], (b, 3, S, S)))
+                view(addr["boxes"], boxes.shape)[:] = boxes
+                view(addr["scores"], scores.shape)[:] = scores
+
+            capture = cuda.state["capture"]
+            capture.append(work) if capture is not None else work()
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+
+        def get_tensor_name(self, i: int) -> str:
+            return list(dtypes)[i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "IN" if name == "images" else "OUT"
+
+        def get_tensor_dtype(self, name: str) -> np.dtype[Any]:
+            return dtypes[name]
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            self.engine_host_code_allowed = False
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+            return Engine() if data == b"PLAN-BYTES" else None
+
+    trt.__dict__.update(Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="IN"),
+                        nptype=lambda dt: dt, get_plugin_registry=lambda: None)  # fmt: skip
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Install the TensorRT and CUDA stand-ins; returns (plan path maker, fake cuda)."""
+    from engines import cuda_memory
+
+    trt = _fake_tensorrt("10.13.0.35")
+    cuda = _fake_cuda()
+    _fake_engine(trt, cuda, max_batch=4)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(cuda_memory, "cudart", lambda: cuda)
+    return cuda
+
+
+def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
+    from engines.trt_runner import TensorRTRunner
+    from m2det.nms import batched_nms
+
+    plan = _sidecar(tmp_path)
+    plan.write_bytes(b"PLAN-BYTES")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 3, S, S)).astype(np.float32)
+    params = NMSParams(method=0, score_threshold=0.05, iou_threshold=0.5)
+    with TensorRTRunner(plan, params) as runner:
+        assert runner.batch_range == (1, 4) and runner.name == "tensorrt-fp32"
+        boxes, scores = runner.raw(images)
+        want_boxes, want_scores = fake_network(images)
+        np.testing.assert_array_equal(boxes, want_boxes)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+        dets = runner(images)
+        ref = batched_nms(want_boxes, want_scores, params)
+        np.testing.assert_array_equal(dets.num, ref.num)
+        np.testing.assert_allclose(dets.scores, ref.scores, rtol=1e-6)
+        one = runner(images[2:3])  # a smaller batch after a larger one
+        np.testing.assert_allclose(one.scores[0], ref.scores[2], rtol=1e-6)
+        assert runner.last_timing.network > 0
+        with pytest.raises(M2DetError, match="outside"):
+            runner(np.zeros((5, 3, S, S), np.float32))
+        with pytest.raises(M2DetError, match=r"expected images \[B,3,160,160\]"):
+            runner(np.zeros((1, 3, 8, 8), np.float32))
+    assert not fake_gpu.memory  # every buffer freed on exit
+
+
+def test_runner_cuda_graph_replays(tmp_path: Path, fake_gpu: Any) -> None:
+    from engines.trt_runner import TensorRTRunner
+
+    plan = _sidecar(tmp_path)
+    plan.write_bytes(b"PLAN-BYTES")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 3, S, S)).astype(np.float32)
+    with TensorRTRunner(plan, NMSParams(), cuda_graph=True) as runner:
+        for k in range(3):  # capture once, replay with new input data each time
+            x = images + k
+            np.testing.assert_allclose(runner.raw(x)[1], fake_network(x)[1], rtol=1e-6)
+        assert fake_gpu.state["launches"] == 3
+    assert not fake_gpu.memory
+
+
+def test_runner_refuses_undeserializable_plan(tmp_path: Path, fake_gpu: Any) -> None:
+    from engines.trt_runner import TensorRTRunner
+
+    plan = _sidecar(tmp_path)  # content is not a plan
+    with pytest.raises(M2DetError, match="cannot deserialize"):
+        TensorRTRunner(plan, NMSParams())(np.zeros((1, 3, S, S), np.float32))
+    assert not fake_gpu.memory
+
+
 # --------------------------------------------------------------------------- CPU: C++ preprocessing
 _HARNESS = """#include "m2det/detector.h"
 extern "C" int m2det_preprocess(unsigned char const* data, int w, int h, int size, float* out)
