@@ -500,69 +500,91 @@ def _fake_cuda() -> types.SimpleNamespace:
     )  # fmt: skip
 
 
+FAKE_NMS = NMSParams(method=0, score_threshold=0.05, iou_threshold=0.5, max_detections=4)
+
+
+def fake_nms_network(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The stand-in NMS engine: ``fake_network`` + the reference NMS, EfficientNMS layout."""
+    from m2det.nms import batched_nms
+
+    d = batched_nms(*fake_network(images), FAKE_NMS)
+    return {"num_detections": d.num.reshape(-1, 1), "detection_boxes": d.boxes,
+            "detection_scores": d.scores, "detection_classes": d.classes}  # fmt: skip
+
+
 def _fake_engine(trt: types.ModuleType, cuda: types.SimpleNamespace, max_batch: int) -> None:
-    """Add a Runtime whose engine runs ``fake_network`` (raw graph) to the TensorRT stand-in."""
+    """Add a Runtime to the TensorRT stand-in whose engine runs ``fake_network`` (plan bytes
+    b"PLAN-BYTES") or ``fake_nms_network`` (b"NMS-PLAN")."""
     import ctypes
 
-    dtypes = {"images": np.dtype(np.float32), "boxes": np.dtype(np.float32),
-              "scores": np.dtype(np.float32)}  # fmt: skip
+    f32, i32, k = np.dtype(np.float32), np.dtype(np.int32), FAKE_NMS.max_detections
+    raw = {"images": (f32, (3, S, S)), "boxes": (f32, (A, 4)), "scores": (f32, (A, C))}
+    nms = {"images": (f32, (3, S, S)), "num_detections": (i32, (1,)),
+           "detection_boxes": (f32, (k, 4)), "detection_scores": (f32, (k,)),
+           "detection_classes": (i32, (k,))}  # fmt: skip
 
-    def view(ptr: int, shape: tuple[int, ...]) -> np.ndarray:
+    def view(ptr: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         n = int(np.prod(shape))
-        return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr)).reshape(shape)
+        ctype = ctypes.c_float if dtype == f32 else ctypes.c_int32
+        return np.ctypeslib.as_array((ctype * n).from_address(ptr)).reshape(shape)
 
     class Context:
-        def __init__(self) -> None:
-            self.batch, self.addr = 0, {}
+        def __init__(self, io: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> None:
+            self.io, self.batch, self.addr = io, 0, {}
 
         def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
             self.batch = shape[0]
             return name == "images" and 1 <= shape[0] <= max_batch and shape[1:] == (3, S, S)
 
         def get_tensor_shape(self, name: str) -> list[int]:
-            return {"images": [self.batch, 3, S, S], "boxes": [self.batch, A, 4],
-                    "scores": [self.batch, A, C]}[name]  # fmt: skip
+            return [self.batch, *self.io[name][1]]
 
         def set_tensor_address(self, name: str, ptr: int) -> bool:
             self.addr[name] = ptr
             return True
 
         def execute_async_v3(self, stream: int) -> bool:
-            b, addr = self.batch, dict(self.addr)
+            b, addr, io = self.batch, dict(self.addr), self.io
 
             def work() -> None:
-                boxes, scores = fake_network(view(addr["images"], (b, 3, S, S)))
-                view(addr["boxes"], boxes.shape)[:] = boxes
-                view(addr["scores"], scores.shape)[:] = scores
+                x = view(addr["images"], (b, 3, S, S), f32)
+                if io is raw:
+                    out = dict(zip(("boxes", "scores"), fake_network(x), strict=True))
+                else:
+                    out = fake_nms_network(x)
+                for name, value in out.items():
+                    view(addr[name], value.shape, io[name][0])[:] = value
 
             capture = cuda.state["capture"]
             capture.append(work) if capture is not None else work()
             return True
 
     class Engine:
-        num_io_tensors = 3
+        def __init__(self, io: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> None:
+            self.io, self.num_io_tensors = io, len(io)
 
         def get_tensor_name(self, i: int) -> str:
-            return list(dtypes)[i]
+            return list(self.io)[i]
 
         def get_tensor_mode(self, name: str) -> str:
             return "IN" if name == "images" else "OUT"
 
         def get_tensor_dtype(self, name: str) -> np.dtype[Any]:
-            return dtypes[name]
+            return self.io[name][0]
 
         def create_execution_context(self) -> Context:
-            return Context()
+            return Context(self.io)
 
     class Runtime:
         def __init__(self, logger: Any) -> None:
             self.engine_host_code_allowed = False
 
         def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-            return Engine() if data == b"PLAN-BYTES" else None
+            return {b"PLAN-BYTES": Engine(raw), b"NMS-PLAN": Engine(nms)}.get(data)
 
+    registry = trt.Builder(None).get_plugin_registry()
     trt.__dict__.update(Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="IN"),
-                        nptype=lambda dt: dt, get_plugin_registry=lambda: None)  # fmt: skip
+                        nptype=lambda dt: dt, get_plugin_registry=lambda: registry)  # fmt: skip
 
 
 @pytest.fixture()
@@ -605,6 +627,35 @@ def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
         with pytest.raises(M2DetError, match=r"expected images \[B,3,160,160\]"):
             runner(np.zeros((1, 3, 8, 8), np.float32))
     assert not fake_gpu.memory  # every buffer freed on exit
+
+
+def test_runner_nms_plan(tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.trt_runner import TensorRTRunner
+
+    lib = tmp_path / "libm2det_plugins.so"
+    lib.write_bytes(b"\x7fELF")
+    plugin = {"op": build.PLUGIN_OP, "version": "1", "library": str(lib),
+              "serialized_in_plan": False}  # fmt: skip
+    plan = _sidecar(tmp_path, graph="nms", nms=FAKE_NMS.attributes(), plugin=plugin)
+    plan.write_bytes(b"NMS-PLAN")
+    monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
+    images = np.random.default_rng(2).uniform(0, 255, (2, 3, S, S)).astype(np.float32)
+    with pytest.warns(UserWarning, match="runs the NMS it was built with"):
+        runner = TensorRTRunner(plan, NMSParams(method=1))  # other NMS asked: warned, ignored
+    with runner:
+        assert runner.has_nms and runner.nms == FAKE_NMS
+        dets = runner(images)
+        want = fake_nms_network(images)
+        np.testing.assert_array_equal(dets.num, want["num_detections"][:, 0])
+        np.testing.assert_array_equal(dets.classes, want["detection_classes"])
+        np.testing.assert_allclose(dets.boxes, want["detection_boxes"], rtol=1e-6)
+        assert dets.num.dtype == np.int32 and runner.last_timing.nms == 0
+        with pytest.raises(M2DetError, match="has NMS inside"):
+            runner.raw(images)
+    lib.unlink()  # the recorded library is gone and nothing else names one
+    monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(M2DetError, match="needs the soft-NMS plugin library"):
+        TensorRTRunner(plan)
 
 
 def test_runner_cuda_graph_replays(tmp_path: Path, fake_gpu: Any) -> None:
