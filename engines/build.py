@@ -326,7 +326,9 @@ def _parse_error(parser: tensorrt.OnnxParser, path: Path) -> M2DetError:
     if n == 0:
         return M2DetError(f"TensorRT cannot parse {path} (no parser error reported)")
     err = parser.get_error(0)
-    where = f"node {err.node_name() or err.node()!s} ({err.node_operator() or '?'})"
+    # node_name()/node_operator() are newer than node(): older TensorRT 10 releases lack them
+    name = getattr(err, "node_name", lambda: "")() or str(err.node())
+    where = f"node {name} ({getattr(err, 'node_operator', lambda: '')() or '?'})"
     more = f"; {n - 1} more error(s)" if n > 1 else ""
     desc = " ".join(str(err.desc()).split())
     return M2DetError(f"TensorRT cannot parse {path.name}: {where}: {desc}{more}")
