@@ -137,6 +137,7 @@ _TINY = np.finfo(np.float32).smallest_subnormal
 _BLOCK_ELEMENTS = 1 << 16  # precompute all [R,W,W] weights up to this size
 _ROW_BLOCK = 320  # a single row precomputes all [W,W] weights up to this width
 _GROUP_WIDTHS = (32, 256, 2048)  # classes are run in groups of similar candidate counts
+_ISOLATION_PAIRS = 256  # per candidate: most x-overlapping pairs weighed to find isolated ones
 _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidates out
 
 
@@ -297,23 +298,71 @@ def _emit(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarray, np.ndar
     return rows_out, idx_out, score_out
 
 
+def _isolated(box: np.ndarray, p: NMSParams, max_pairs: int) -> np.ndarray | None:
+    """Candidates whose weight against every other candidate is exactly 1 (they neither change
+    nor are changed by any emission), from boxes ``box`` [5,W]; None when more than
+    ``max_pairs`` pairs overlap in x (then finding them costs more than it saves).
+
+    w != 1 needs inter > 0, so only pairs overlapping in x are weighed: sorted by x1, box i can
+    only overlap the boxes after it whose x1 is < its x2."""
+    width = box.shape[1]
+    order = np.argsort(box[0], kind="stable")
+    x1 = box[0, order]
+    end = np.searchsorted(x1, box[2, order], side="left")
+    counts = np.maximum(end - np.arange(width) - 1, 0)
+    n_pairs = int(counts.sum())
+    if n_pairs > max_pairs:
+        return None
+    first = np.repeat(np.arange(width), counts)
+    second = first + 1 + np.arange(n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
+    a, b = order[first], order[second]
+    hit = _weights(box[:, a], box[:, b], p) != _ONE
+    return (np.bincount(a[hit], minlength=width) + np.bincount(b[hit], minlength=width)) == 0
+
+
 def _emit_row(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarray]:
-    """``_emit`` for a single row with scalar indexing (much less overhead per step). Returns
-    (anchor index [k], score [k]) in emission order."""
+    """``_emit`` for a single row. Returns (anchor index [k], score [k]) in emission order.
+
+    A long row that must emit most of its candidates first sets aside the isolated ones (no
+    candidate weighs != 1 against them): their emitted score is their score (if >= min_score,
+    or if one is the very first emission), and emission order is (score desc, index asc), so
+    they are merged with the rest's emissions by sorting."""
+    if not c.score.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    width = c.score.shape[1]
+    keep = p.keep_per_class if p.keep_per_class > 0 else width
+    if width > _ROW_BLOCK and 8 * keep >= width:
+        iso = _isolated(c.box[:, 0], p, _ISOLATION_PAIRS * width)
+        if iso is not None and iso.any():
+            score, index = c.score[0], c.index[0]
+            first = int(score.argmax())
+            take = iso & (score >= np.float32(p.min_score))
+            take[first] |= iso[first]
+            rest_idx, rest_score = _emit_row_steps(_squeeze(c, ~iso[None]), p, bool(iso[first]))
+            idx = np.concatenate([rest_idx, index[take]])
+            out = np.concatenate([rest_score, score[take]])
+            order = np.lexsort((idx, -out))[:keep]
+            return idx[order], out[order]
+    return _emit_row_steps(c, p, False)
+
+
+def _emit_row_steps(c: _Candidates, p: NMSParams, started: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The emission loop of ``_emit`` for a single row, with scalar indexing (much less overhead
+    per step); ``started``: an emission happened already (so candidates < min_score are gone)."""
     idx: list[int] = []
     out: list[np.float32] = []
     min_score = np.float32(p.min_score)
     keep = p.keep_per_class if p.keep_per_class > 0 else np.iinfo(np.int64).max
-    if not c.score.size:
+    width = c.score.shape[1] if c.score.size else 0
+    if not width:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    width = c.score.shape[1]
     block = _weights(c.box[..., None], c.box[:, :, None, :], p)[0] if width <= _ROW_BLOCK else None
     score, index = c.score[0], c.index[0]
     with np.errstate(invalid="ignore"):  # -inf * 0
         while len(out) < keep and width:
             j = int(score.argmax())
             s = score[j]
-            if not (s >= min_score if out else s > _NEG_INF):
+            if not (s >= min_score if out or started else s > _NEG_INF):
                 break
             idx.append(int(index[j]))
             out.append(s)

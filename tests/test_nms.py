@@ -146,12 +146,16 @@ def test_score_ties_go_to_the_lowest_anchor_index() -> None:
     assert run([A, B, [10, 10, 12, 12]], [0.9, 0.8, 0.4])[0] == [0, 1, 2]
 
 
-def test_min_score_cut_is_strict() -> None:
-    assert run([A, B, C], [0.9, 0.8, 0.7], min_score=0.5)[0] == [0, 2]
-    assert run([A, B, C], [0.9, 0.8, 0.7], min_score=0.4)[0] == [0, 2, 1]  # 0.4 is not < 0.4
-    # every remaining candidate is checked after each emission, overlapping or not
-    far = [[0, 0, 1, 1], [5, 5, 6, 6]]
-    assert run(far, [0.3, 0.2], score_threshold=0.0, min_score=0.5) == ([0], [f32(0.3)])
+@pytest.mark.parametrize("path", PATHS)
+def test_min_score_cut_is_strict(path: str) -> None:
+    with code_path(path):
+        assert run([A, B, C], [0.9, 0.8, 0.7], min_score=0.5)[0] == [0, 2]
+        assert run([A, B, C], [0.9, 0.8, 0.7], min_score=0.4)[0] == [0, 2, 1]  # not < 0.4
+        # every remaining candidate is checked after each emission, overlapping or not; the
+        # first emission needs no check
+        far = [[0, 0, 1, 1], [5, 5, 6, 6]]
+        assert run(far, [0.3, 0.2], score_threshold=0.0, min_score=0.5) == ([0], [f32(0.3)])
+        assert run([C, A, B], [0.9, 0.3, 0.2], score_threshold=0.0, min_score=0.5)[0] == [0]
     det = batched_nms(np.array([far], f32), np.array([[[0.3, 0.1], [0.2, 0.4]]], f32),
                       NMSParams(score_threshold=0.0, min_score=0.5))
     assert det.scores[0].tolist() == [f32(0.4), f32(0.3)] and det.classes[0].tolist() == [1, 0]
