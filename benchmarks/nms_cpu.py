@@ -1,7 +1,8 @@
 """CPU soft-NMS timing: ``m2det.nms`` against the original compiled ``cpu_soft_nms`` figures.
 
 Run ``python -m benchmarks.nms_cpu [--repeats N] [--out PATH]``. Single-class cases time
-``soft_nms`` on clustered boxes (jittered copies of a few objects, scores in (0.1, 1)); the
+``soft_nms`` on clustered boxes (jittered copies of a few objects, scores in (0.1, 1)) and on
+uniformly placed small boxes (few overlaps, so nearly all are emitted when unlimited); the
 full-image case times ``batched_nms`` on one image of 80 classes whose scores come from a softmax
 over plausible logits. Each figure is the median of repeated runs; the JSON (machine, numpy
 version, date, figures) goes to ``benchmarks/results/nms_cpu.json``.
@@ -47,6 +48,15 @@ def clustered_boxes(n: int, rng: np.random.Generator, n_objects: int = 8,
     closeness = np.exp(-np.square(jitter).sum(1) / (4 * spread**2))
     scores = 0.1 + 0.9 * closeness * rng.uniform(0.5, 1.0, n)
     return boxes.astype(np.float32), np.minimum(scores, 0.999).astype(np.float32)
+
+
+def uniform_boxes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` boxes [n,4] placed uniformly (sides 0.01-0.1 of the image: few overlap), scores [n]
+    in (0.1, 1): the sparse case where soft-NMS emits nearly every box."""
+    xy = rng.uniform(0.0, 0.9, (n, 2))
+    wh = rng.uniform(0.01, 0.1, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    return boxes, rng.uniform(0.1, 1.0, n).astype(np.float32)
 
 
 def image_case(rng: np.random.Generator, n_anchors: int = 12_810, n_classes: int = 80,
@@ -97,12 +107,13 @@ def single_class_rows(repeats: int, seed: int) -> list[dict[str, Any]]:
     rows = []
     variants = {"official (keep 50)": get_nms_params("official"),
                 "official, unlimited": get_nms_params("official", keep_per_class=0)}
-    for n, base in BASELINE_MS.items():
-        boxes, scores = clustered_boxes(n, np.random.default_rng(seed + n))
-        for name, params in variants.items():
-            kept, _ = soft_nms(boxes, scores, params)
-            times = time_ms(functools.partial(soft_nms, boxes, scores, params), repeats)
-            rows.append(row(f"1 class, {n} boxes", name, n, len(kept), times, base))
+    for layout, make in (("clustered", clustered_boxes), ("uniform", uniform_boxes)):
+        for n, base in BASELINE_MS.items():
+            boxes, scores = make(n, np.random.default_rng(seed + n))
+            for name, params in variants.items():
+                kept, _ = soft_nms(boxes, scores, params)
+                times = time_ms(functools.partial(soft_nms, boxes, scores, params), repeats)
+                rows.append(row(f"1 class, {n} {layout} boxes", name, n, len(kept), times, base))
     return rows
 
 

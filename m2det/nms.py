@@ -137,7 +137,7 @@ _TINY = np.finfo(np.float32).smallest_subnormal
 _BLOCK_ELEMENTS = 1 << 16  # precompute all [R,W,W] weights up to this size
 _ROW_BLOCK = 320  # a single row precomputes all [W,W] weights up to this width
 _GROUP_WIDTHS = (32, 256, 2048)  # classes are run in groups of similar candidate counts
-_ISOLATION_PAIRS = 256  # per candidate: most x-overlapping pairs weighed to find isolated ones
+_ISOLATION_PAIRS = 32  # per candidate: most x-overlapping pairs weighed to find isolated ones
 _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidates out
 
 
