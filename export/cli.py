@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dynamic", action="store_true", help="dynamic batch dimension (default)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the FP32 graph (>= 17)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help=f"max |ORT - PyTorch| of boxes and scores (default {DEFAULT_TOLERANCE})")
+                   help="max |ORT - PyTorch| / max(1, |PyTorch|) of boxes and scores "
+                        f"(default {DEFAULT_TOLERANCE})")
     q = p.add_argument_group("precision")
     q.add_argument("--fp16", action="store_true", help="also write the FP16 (AutoCast) graph")
     q.add_argument("--int8", action="store_true", help="also write the INT8 Q/DQ graph")
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace) -> Summary:
     summary.parity["fp32_vs_torch"] = {**parity.to_dict(), "tolerance": args.tolerance}
     print(f"[export] parity fp32 vs torch: {parity.line()}")
     if parity.worst > args.tolerance:
+        fp32_path.unlink()  # a file that failed its parity check is not left behind
         raise M2DetError(f"ONNX Runtime output differs from PyTorch by {parity.worst:.3g} > "
                          f"tolerance {args.tolerance:g} ({parity.line()})")  # fmt: skip
 

@@ -156,25 +156,25 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> int:
 
 @dataclass
 class Parity:
-    """Max/mean absolute difference of ``boxes`` and ``scores`` between two implementations."""
+    """Max/mean absolute difference of ``boxes`` and ``scores`` between two implementations, and
+    ``worst``: the largest difference scaled as ``|a - b| / max(1, |b|)`` (absolute for values in
+    [0,1] as a trained model's boxes and scores are; relative for the huge boxes an untrained
+    full-size network's exp() produces)."""
 
     boxes_max: float
     boxes_mean: float
     scores_max: float
     scores_mean: float
+    worst: float
     batches: list[int]
-
-    @property
-    def worst(self) -> float:
-        return max(self.boxes_max, self.scores_max)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
         return (f"boxes max {self.boxes_max:.2e} mean {self.boxes_mean:.2e}, "
-                f"scores max {self.scores_max:.2e} mean {self.scores_mean:.2e} "
-                f"(batches {self.batches})")  # fmt: skip
+                f"scores max {self.scores_max:.2e} mean {self.scores_mean:.2e}, "
+                f"scaled max {self.worst:.2e} (batches {self.batches})")  # fmt: skip
 
 
 def random_images(batch: int, size: int, seed: int) -> np.ndarray:
@@ -210,30 +210,35 @@ def compare_with_torch(path: str | Path, module: M2DetInference, batches: list[i
     images, one call per entry of ``batches``; returns the differences."""
     sess = ort_session(path)
     size = module.model.config.input_size
-    diffs: dict[str, list[np.ndarray]] = {"boxes": [], "scores": []}
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     for i, b in enumerate(batches):
         x = random_images(b, size, seed + i)
-        got = dict(zip(RAW_OUTPUTS, sess.run(list(RAW_OUTPUTS), {INPUT: x}), strict=True))
+        got = sess.run(list(RAW_OUTPUTS), {INPUT: x})
         with torch.no_grad():
-            outs = module(torch.from_numpy(x))
-            ref = dict(zip(RAW_OUTPUTS, (t.numpy() for t in outs), strict=True))
-        for k in RAW_OUTPUTS:
-            diffs[k].append(np.abs(got[k].astype(np.float32) - ref[k]).ravel())
-    return _parity(diffs, batches)
+            ref = [t.numpy() for t in module(torch.from_numpy(x))]
+        pairs += zip(RAW_OUTPUTS, got, ref, strict=True)
+    return _parity(pairs, batches)
 
 
 def compare_onnx(path: str | Path, reference: str | Path, inputs: list[np.ndarray]) -> Parity:
     """Raw-graph outputs of ``path`` (e.g. the FP16/INT8 file) against ``reference`` (FP32), both
     in ORT (CPU), one call per array of ``inputs`` ([B,3,S,S] each)."""
     a, b = ort_session(path), ort_session(reference)
-    diffs: dict[str, list[np.ndarray]] = {"boxes": [], "scores": []}
+    pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     for x in inputs:
-        for k, got, ref in zip(RAW_OUTPUTS, a.run(list(RAW_OUTPUTS), {INPUT: x}),
-                               b.run(list(RAW_OUTPUTS), {INPUT: x}), strict=True):  # fmt: skip
-            diffs[k].append(np.abs(got.astype(np.float32) - ref).ravel())
-    return _parity(diffs, [len(x) for x in inputs])
+        pairs += zip(RAW_OUTPUTS, a.run(list(RAW_OUTPUTS), {INPUT: x}),
+                     b.run(list(RAW_OUTPUTS), {INPUT: x}), strict=True)  # fmt: skip
+    return _parity(pairs, [len(x) for x in inputs])
 
 
-def _parity(diffs: dict[str, list[np.ndarray]], batches: list[int]) -> Parity:
+def _parity(pairs: list[tuple[str, np.ndarray, np.ndarray]], batches: list[int]) -> Parity:
+    """(output name, got, reference) triples -> Parity."""
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in RAW_OUTPUTS}
+    worst = 0.0
+    for name, got, ref in pairs:
+        d = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        diffs[name].append(d.ravel())
+        worst = max(worst, float((d / np.maximum(1.0, np.abs(ref))).max()))
     bx, sc = np.concatenate(diffs["boxes"]), np.concatenate(diffs["scores"])
-    return Parity(float(bx.max()), float(bx.mean()), float(sc.max()), float(sc.mean()), batches)
+    return Parity(float(bx.max()), float(bx.mean()), float(sc.max()), float(sc.mean()), worst,
+                  batches)
