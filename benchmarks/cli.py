@@ -1,0 +1,204 @@
+"""``m2det-bench``: latency (preprocess / network / NMS), FPS, memory and COCO AP of M2Det
+artifacts through the runner protocol, as JSON, a table and FPS-vs-AP plots.
+
+Artifacts: one ``--ckpt`` (torch; with ``--backends onnxruntime[,tensorrt]`` also exported to ONNX
+FP32/FP16/INT8 and built into plans), one ``--onnx`` file or one ``--engine`` plan; or
+``--sweep 320,512,800``: the paper's VGG presets at each size, from ``--ckpt``'s weights or from
+seeded random weights (speed only; said so in the output and the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness
+from benchmarks.harness import BenchSettings, Variant, VariantPlan
+from engines.cli import make_parser, run_cli
+from m2det.errors import M2DetError
+from m2det.io import atomic_write_json
+
+PROG = "m2det-bench"
+NMS_CHOICES = ("official", "soft", "hard", "paper")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers a,b,c; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(PROG, __doc__.split("\n\n")[0])
+    a = p.add_argument_group("artifact (default: the bundled m2det_tiny checkpoint)")
+    one = a.add_mutually_exclusive_group()
+    one.add_argument("--ckpt", type=Path, help="checkpoint (.pth)")
+    one.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
+    one.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
+    a.add_argument("--config", help="preset of a checkpoint that records none")
+    a.add_argument("--sweep", type=_ints, metavar="S,S,...",
+                   help="input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
+                        "size, or random weights (speed only) without --ckpt")  # fmt: skip
+    a.add_argument("--backends", type=_names, default=("torch",), metavar="B,B",
+                   help=f"backends for a checkpoint/sweep: {', '.join(harness.BACKENDS)}")
+    a.add_argument("--precisions", type=_names, default=None, metavar="P,P",
+                   help=f"precisions for a checkpoint/sweep: {', '.join(harness.PRECISIONS)} "
+                        "(default fp32)")  # fmt: skip
+    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--fp16", action="store_true", help="shorthand for --precisions fp16")
+    a.add_argument("--calib", type=Path, metavar="DIR",
+                   help="INT8 calibration images (default: --images, else synthetic shapes)")
+    a.add_argument("--calib-count", type=int, default=16, metavar="N")
+    a.add_argument("--calib-method", default="entropy", choices=("entropy", "max", "percentile"))
+    a.add_argument("--work", type=Path, metavar="DIR",
+                   help="keep exported files here (default: a temporary folder)")
+    a.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    m = p.add_argument_group("measurement")
+    m.add_argument("--protocol", choices=harness.PROTOCOLS, default="standard",
+                   help="standard: mean/percentiles over --iters at each --batch; paper: batch "
+                        "1, (network + NMS) time summed over the --pool images / their number")
+    m.add_argument("--batch", type=_ints, default=(1,), metavar="N,N", help="batch sizes")
+    m.add_argument("--iters", type=int, default=50, help="timed iterations per batch size")
+    m.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    m.add_argument("--pool", type=int, default=16,
+                   help="different images the iterations rotate through")
+    m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime")
+    m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset")
+    e = p.add_argument_group("accuracy (COCO AP, as m2det-eval)")
+    e.add_argument("--ann", type=Path, help="COCO-format annotation JSON")
+    e.add_argument("--images", type=Path, help="folder of the annotated images")
+    e.add_argument("--limit", type=int, metavar="N", help="first N images by id")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", type=Path, metavar="OUT", help="results JSON")
+    o.add_argument("--plot", type=Path, metavar="OUT.png",
+                   help="FPS-vs-AP plot (+ .svg, + OUT_latency.png/.svg breakdown)")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    s = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
+                      protocol=args.protocol, nms=args.nms, threads=args.threads, ann=args.ann,
+                      images=args.images, limit=args.limit, pool=args.pool,
+                      progress=not args.quiet)  # fmt: skip
+    s.check()
+    return s
+
+
+def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.fp16 and args.precisions is not None:
+        raise M2DetError("use --fp16 or --precisions, not both")
+    if args.fp16:
+        return ("fp16",)
+    return args.precisions or ("fp32",)
+
+
+def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSettings) -> Variant:
+    """The one variant of an ``--onnx`` file or ``--engine`` plan (config read from the file)."""
+    from engines.registry import load_runner
+    from m2det.nms import get_nms_params
+
+    if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
+        raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints: an ONNX "
+                         "file or plan has one backend and precision")  # fmt: skip
+    runner = load_runner(path, config=args.config, nms=get_nms_params(settings.nms),
+                         device=args.device)  # fmt: skip
+    return Variant(path, runner.backend, runner.precision, runner.config.name,
+                   runner.input_size, "given", str(path), args.device)  # fmt: skip
+
+
+def _calibration_images(args: argparse.Namespace) -> list[Any]:
+    if args.calib is not None:
+        return harness.folder_pool(args.calib, args.calib_count)
+    if args.images is not None:
+        return harness.folder_pool(args.images, args.calib_count)
+    return harness.synthetic_pool(args.calib_count, seed=1)
+
+
+def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """[(checkpoint, weights)] to make variants from, and notes for the results."""
+    from engines.registry import default_checkpoint
+    from m2det.checkpoint import read_checkpoint, resolve_config
+
+    if args.sweep:
+        bad = [s for s in args.sweep if s not in harness.SWEEP_PRESETS]
+        if bad:
+            valid = ", ".join(str(s) for s in harness.SWEEP_PRESETS)
+            raise M2DetError(f"--sweep size {bad[0]} has no VGG preset; valid: {valid}")
+        presets = [harness.SWEEP_PRESETS[s] for s in args.sweep]
+        if args.ckpt is None:
+            print(f"[bench] --sweep without --ckpt: seeded random weights (seed {args.seed}), "
+                  "speed only")  # fmt: skip
+            return [(harness.random_checkpoint(name, work / f"{name}_random.pth", args.seed),
+                     "random") for name in presets], [f"random weights, seed {args.seed}"]
+        weights = harness.checkpoint_weights(args.ckpt)
+        return [(harness.checkpoint_at(args.ckpt, name, work / f"{name}.pth"), weights)
+                for name in presets], [f"weights of {args.ckpt} at every size"]  # fmt: skip
+    ckpt = args.ckpt or default_checkpoint()
+    cfg = resolve_config(read_checkpoint(ckpt), args.config, str(ckpt))
+    weights = harness.checkpoint_weights(ckpt)
+    return [(harness.checkpoint_at(ckpt, cfg.name, work / f"{cfg.name}.pth"), weights)], []
+
+
+def _bench(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    command = [PROG, *(sys.argv[1:] if argv is None else argv)]
+    artifact = args.onnx or args.engine
+    if artifact is not None:
+        variant = _artifact_variant(artifact, args, settings)
+        results = harness.run_benchmark([variant], settings, command)
+        return _report(results, args)
+    plan = VariantPlan(backends=args.backends, precisions=_precisions(args), device=args.device,
+                       max_batch=max(settings.batches), calib_method=args.calib_method)
+    plan.check()
+    with tempfile.TemporaryDirectory(prefix="m2det-bench-") as tmp:
+        work = args.work or Path(tmp)
+        sources, notes = _checkpoints(args, work)
+        if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
+            plan.calib_images = _calibration_images(args)
+        variants, skipped = [], []
+        for ckpt, weights in sources:
+            made, why = harness.make_variants(ckpt, weights, plan, work)
+            variants += made
+            skipped += why
+        for s in skipped:
+            print(f"[bench] skipped {s['backend']} {s['precision']}: {s['reason']}")
+        if not variants:
+            raise M2DetError("no backend/precision combination can run here (see the lines above)")
+        results = harness.run_benchmark(variants, settings, command, skipped, notes)
+    return _report(results, args)
+
+
+def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
+    from benchmarks.plots import plot_all
+
+    print(f"\nm2det-bench on {results['device']} ({results['settings']['protocol']} protocol, "
+          f"NMS {results['settings']['nms']}):")  # fmt: skip
+    for note in results["notes"]:
+        print(f"note: {note}")
+    print(harness.format_table(results))
+    if args.json is not None:
+        atomic_write_json(args.json, results)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        for path in plot_all(results, args.plot):
+            print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``m2det-bench``."""
+    return run_cli(PROG, _bench, argv)
