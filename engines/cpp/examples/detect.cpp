@@ -55,10 +55,36 @@ Args parse(int argc, char** argv)
     return args;
 }
 
+//! `text` as a JSON string literal (quotes, backslashes and control characters escaped).
+std::string jsonString(std::string const& text)
+{
+    std::ostringstream out;
+    out << '"';
+    for (char const c : text)
+    {
+        if (c == '"' || c == '\\')
+        {
+            out << '\\' << c;
+        }
+        else if (static_cast<unsigned char>(c) < 0x20)
+        {
+            char code[8];
+            std::snprintf(code, sizeof(code), "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+            out << code;
+        }
+        else
+        {
+            out << c;
+        }
+    }
+    out << '"';
+    return out.str();
+}
+
 std::string toJson(std::string const& image, std::vector<m2det::Detection> const& dets)
 {
     std::ostringstream out;
-    out << "{\"image\": \"" << image << "\", \"detections\": [";
+    out << "{\"image\": " << jsonString(image) << ", \"detections\": [";
     for (std::size_t i = 0; i < dets.size(); ++i)
     {
         m2det::Detection const& d = dets[i];
