@@ -36,7 +36,7 @@ trap 'rm -rf "$build"' EXIT
 cmake -S "$here" -B "$build" -DTensorRT_INCLUDE_DIR="$include" -DTensorRT_LIBRARY=TensorRT_LIBRARY-NOTFOUND \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DM2DET_WARNINGS_AS_ERRORS=ON >"$build/configure.log" \
   || { cat "$build/configure.log"; exit 1; }
-grep -q "compile check of the plugin" "$build/configure.log" || { cat "$build/configure.log"; exit 1; }
+grep -q "TensorRT plugin library" "$build/configure.log" || { cat "$build/configure.log"; exit 1; }
 rc=0
 cmake --build "$build" --target m2det_plugin_objects -j "$(nproc)" >"$build/build.log" 2>&1 || rc=$?
 grep -v '^\[' "$build/build.log" || true

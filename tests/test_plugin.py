@@ -185,8 +185,14 @@ def test_plugin_compiles_against_tensorrt_headers(plugin_build: Build) -> None:
     if plugin_build.trt_include is None:
         pytest.skip("no TensorRT headers: set TensorRT_INCLUDE_DIR or run "
                     "shared/tools/trt-headers.sh on a NVIDIA/TensorRT git dir")
-    objects = list(plugin_build.dir.glob("**/m2det_plugin_objects.dir/**/softNmsPlugin.cpp.o"))
-    assert objects, f"plugin not compiled against {plugin_build.trt_include}"
+    plugin = plugin_build.dir / "libm2det_plugins.so"
+    assert plugin.is_file(), f"plugin not built against {plugin_build.trt_include}"
+    if shutil.which("readelf"):
+        symbols = subprocess.run(["readelf", "--dyn-syms", "-W", str(plugin)],
+                                 capture_output=True, text=True, check=True).stdout
+        exported = {line.split()[-1] for line in symbols.splitlines()
+                    if " FUNC " in line and " UND " not in line}
+        assert {"getCreators", "setLoggerFinder"} <= exported
 
 
 # ----------------------------------------------------------------------------------------------
