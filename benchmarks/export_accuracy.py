@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import m2det
+from engines.base import Runner
 from engines.onnx_runner import OnnxRunner
 from engines.registry import BUNDLED_CHECKPOINT
 from engines.torch_runner import TorchRunner
@@ -59,7 +60,7 @@ def accuracy(ckpt: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]
              "--calib-count", str(args.calib_count)]
     summary = _export(ckpt, work / "tiny", ["--fp16", "--int8", *calib])
     nms = get_nms_params(args.nms)
-    runners = {"torch": TorchRunner(ckpt, nms)}
+    runners: dict[str, Runner] = {"torch": TorchRunner(ckpt, nms)}
     runners.update({k: OnnxRunner(summary["files"][k]["path"], nms, threads=args.threads)
                     for k in ("fp32", "fp16", "int8")})  # fmt: skip
     rows: dict[str, Any] = {}
@@ -115,7 +116,7 @@ def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     summary = _export(ckpt, work / "big", ["--batch", "1", "--int8", "--calib", str(calib),
                                            "--calib-method", "max", "--calib-count", "8"])
     ckpt.unlink()
-    rows = {}
+    rows: dict[str, list[dict[str, float]]] = {}
     # interleave the measurements so both see the same machine load
     for rnd in range(args.rounds):
         for key in ("fp32", "int8"):

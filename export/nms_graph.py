@@ -28,6 +28,8 @@ Two kinds:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -107,9 +109,10 @@ def add_plugin_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProto:
     if params.max_candidates > PLUGIN_MAX_CANDIDATES:
         raise M2DetError(f"the plugin keeps at most {PLUGIN_MAX_CANDIDATES} candidates per class; "
                          f"got max_candidates {params.max_candidates}")  # fmt: skip
+    attrs: dict[str, Any] = {**params.attributes(), "plugin_version": PLUGIN_VERSION,
+                             "plugin_namespace": ""}  # fmt: skip
     node = helper.make_node(PLUGIN_OP, list(RAW_OUTPUTS), list(NMS_OUTPUTS),
-                            name="/nms/" + PLUGIN_OP, plugin_version=PLUGIN_VERSION,
-                            plugin_namespace="", **params.attributes())  # fmt: skip
+                            name="/nms/" + PLUGIN_OP, **attrs)
     return _replace_outputs(raw, [node], k)
 
 
@@ -125,7 +128,7 @@ def add_onnx_hard_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProt
     kc = min(params.max_candidates, a)  # candidates per class
     keep = params.keep_per_class if params.keep_per_class > 0 else kc
     kt = min(k, c * kc)  # the final TopK; padded to K below when the graph has fewer slots
-    consts = {
+    consts: dict[str, np.ndarray] = {
         "kc": np.array([kc], np.int64), "kt": np.array([kt], np.int64),
         "shape_bc_kc_4": np.array([-1, kc, 4], np.int64),
         "shape_bc_1_kc": np.array([-1, 1, kc], np.int64),
@@ -145,7 +148,7 @@ def add_onnx_hard_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProt
     C = {n: "/nms/" + n for n in consts}  # noqa: N806
     nodes: list[onnx.NodeProto] = []
 
-    def op(kind: str, inputs: list[str], n_out: int = 1, **attrs: object) -> list[str]:
+    def op(kind: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
         name = f"/nms/{kind}_{len(nodes)}"
         outs = [f"{name}_out{i}" for i in range(n_out)]
         nodes.append(helper.make_node(kind, inputs, outs, name=name, **attrs))

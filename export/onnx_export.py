@@ -54,9 +54,10 @@ def export_raw(module: M2DetInference, batch: int | None = None,
     dynamic = None if batch else {name: {0: "batch"} for name in (INPUT, *RAW_OUTPUTS)}
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module.eval(), (example,), buf, dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=list(RAW_OUTPUTS),
-                          dynamic_axes=dynamic, do_constant_folding=True)  # fmt: skip
+        torch.onnx.export(module.eval(), (example,), buf,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=opset, input_names=[INPUT],
+                          output_names=list(RAW_OUTPUTS), dynamic_axes=dynamic,
+                          do_constant_folding=True)
     model = onnxslim.slim(onnx.load_from_string(buf.getvalue()))
     tag_postprocess(model)
     _set_io_shapes(model, batch, cfg)
