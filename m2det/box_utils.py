@@ -36,13 +36,19 @@ def decode(loc: Tensor, priors: Tensor, variance: tuple[float, float]) -> Tensor
     return torch.cat((x1y1, x1y1 + sizes), -1)
 
 
-def match(truths: Tensor, labels: Tensor, priors: Tensor, variance: tuple[float, float],
-          threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+def match(
+    truths: Tensor,
+    labels: Tensor,
+    priors: Tensor,
+    variance: tuple[float, float],
+    threshold: float = 0.5,
+) -> tuple[Tensor, Tensor]:
     """Official SSD matching for one image.
 
     truths [G,4] corner boxes, labels [G] contiguous foreground labels (0-based), priors [A,4]
     -> loc targets [A,4], class targets [A] (0 = background, label + 1 otherwise).
-    Each truth's best prior is forced positive; other priors match their best truth at IoU >= threshold.
+    Each truth's best prior is forced positive; other priors match their best truth at
+    IoU >= threshold.
     """
     overlaps = box_iou(truths, point_form(priors))  # [G,A]
     best_prior_idx = overlaps.argmax(1)  # [G]

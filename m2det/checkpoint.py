@@ -58,14 +58,14 @@ def official_to_ours(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             continue
         m = re.match(_SHARED[0][0], key)
         if m:
-            new, rank = _SHARED[0][1] + key[m.end():], int(m.group(1))
+            new, rank = _SHARED[0][1] + key[m.end() :], int(m.group(1))
         elif m := re.match(_SHARED[1][0], key):
-            new, rank = _SHARED[1][1].format(fc=m.group(1)) + key[m.end():], int(m.group(2))
+            new, rank = _SHARED[1][1].format(fc=m.group(1)) + key[m.end() :], int(m.group(2))
         else:
             for pat, rep in _RENAMES:
                 if m := re.match(pat, key):
                     t = int(m.group(1)) - 1 if m.groups() else 0  # unet1 -> tums.0
-                    new = rep.format(t=t) + key[m.end():]
+                    new = rep.format(t=t) + key[m.end() :]
                     break
             else:
                 new = key
@@ -85,10 +85,11 @@ def ours_to_official(state: Mapping[str, Tensor], config: M2DetConfig) -> dict[s
             continue
         if m := re.match(r"^sfam\.(fc[12])\.", key):
             for i in range(config.num_scales):
-                out[f"sfam_module.{m.group(1)}.{i}." + key[m.end():]] = value
+                out[f"sfam_module.{m.group(1)}.{i}." + key[m.end() :]] = value
             continue
         for official, ours in [
-            ("base.", "backbone.layers."), ("base.", "backbone."), ("reduce.", "ffm1.reduce."), ("up_reduce.", "ffm1.up_reduce."),
+            ("base.", "backbone.layers."), ("base.", "backbone."),
+            ("reduce.", "ffm1.reduce."), ("up_reduce.", "ffm1.up_reduce."),
             ("Norm.", "norm."), ("loc.", "head.loc."), ("conf.", "head.conf."),
         ]:  # fmt: skip
             if key.startswith(ours):
@@ -100,7 +101,7 @@ def ours_to_official(state: Mapping[str, Tensor], config: M2DetConfig) -> dict[s
                 raise ValueError(f"no official name for {key}")
             part = {"encoder": "layers.", "toplayer": "toplayer.0.", "lateral": "latlayer.",
                     "smooth": "smooth."}[m.group(2)]  # fmt: skip
-            out[f"unet{int(m.group(1)) + 1}.{part}" + key[m.end():]] = value
+            out[f"unet{int(m.group(1)) + 1}.{part}" + key[m.end() :]] = value
     return out
 
 
@@ -122,7 +123,7 @@ def check_and_load(module: nn.Module, state: Mapping[str, Tensor], source: str) 
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file -> ``{"model": state_dict (our keys), "config": dict | None, ...}``."""
+    """A checkpoint file -> ``{"model": state_dict (our keys), "config": dict | None, ...}``."""
     path = Path(path)
     if not path.is_file():
         raise M2DetError(f"checkpoint not found: {path}")
@@ -140,8 +141,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     raise M2DetError(f"{path} is neither an M2Det checkpoint nor a state_dict")
 
 
-def resolve_config(ckpt: Mapping[str, Any], config: M2DetConfig | str | None,
-                   source: str) -> M2DetConfig:
+def resolve_config(
+    ckpt: Mapping[str, Any], config: M2DetConfig | str | None, source: str
+) -> M2DetConfig:
     """The config to build: the one recorded in the checkpoint, or the one the user named (which
     must then agree with the recorded one)."""
     from m2det.config import get_config
@@ -151,12 +153,14 @@ def resolve_config(ckpt: Mapping[str, Any], config: M2DetConfig | str | None,
     if named is None and recorded is None:
         raise M2DetError(f"{source} records no config: pass --config NAME")
     if named is not None and recorded is not None and named.name != recorded.name:
-        raise M2DetError(f"{source} is a checkpoint for config {recorded.name!r}, not {named.name!r}")
+        raise M2DetError(
+            f"{source} is a checkpoint for config {recorded.name!r}, not {named.name!r}"
+        )
     return recorded or named  # type: ignore[return-value]
 
 
 def load_model(path: str | Path, config: M2DetConfig | str | None = None) -> M2Det:
-    """Build the model for a checkpoint (project or official layout) and load its weights (eval mode)."""
+    """Build the model of a checkpoint (project or official layout), load its weights, eval mode."""
     ckpt = read_checkpoint(path)
     cfg = resolve_config(ckpt, config, str(path))
     model = M2Det(cfg)

@@ -24,8 +24,9 @@ class M2DetConfig:
     """Everything that determines the network, its priors and its test-time post-processing.
 
     ``num_classes`` counts the background class (81 for COCO), as the official code does.
-    ``sizes`` are anchor sizes as fractions of ``input_size`` (``num_scales + 1`` values: level k uses
-    ``sizes[k]`` as min size and ``sizes[k + 1]`` as max size); ``steps`` are the official step pattern.
+    ``sizes`` are anchor sizes as fractions of ``input_size`` (``num_scales + 1`` values: level k
+    uses ``sizes[k]`` as min size and ``sizes[k + 1]`` as max size); ``steps`` are the official
+    step pattern.
     """
 
     name: str
@@ -59,10 +60,13 @@ class M2DetConfig:
             )
         if self.class_names and len(self.class_names) != self.num_classes - 1:
             raise M2DetError(
-                f"{self.name}: {len(self.class_names)} class names for {self.num_classes - 1} classes"
+                f"{self.name}: {len(self.class_names)} class names "
+                f"for {self.num_classes - 1} classes"
             )
         if self.planes % 2 or (self.sfam and (self.planes * self.num_levels) % 16):
-            raise M2DetError("planes must be even (and planes*num_levels divisible by 16 with SFAM)")
+            raise M2DetError(
+                "planes must be even (and planes*num_levels divisible by 16 with SFAM)"
+            )
 
     @property
     def anchors_per_pixel(self) -> int:
@@ -95,7 +99,9 @@ class M2DetConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise M2DetError(f"unknown config fields: {', '.join(unknown)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
         return cls(**kwargs)
 
 
@@ -128,24 +134,37 @@ COCO_CLASSES: tuple[str, ...] = (
 
 SHAPES_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "ellipse", "cross")
 
-_VGG = {"backbone": "vgg16", "base_out": (22, 34), "class_names": COCO_CLASSES}
-_RES101 = {"backbone": "resnet101", "base_out": (2, 4), "class_names": COCO_CLASSES}
 _SIZES = (0.08, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
 _SIZES_512 = (0.06, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+
+
+def _coco(
+    name: str, size: int, backbone: str, steps: tuple[int, ...], sizes: tuple[float, ...]
+) -> M2DetConfig:
+    """A released COCO config: 8 TUMs x 256 planes, 6 scales, no SFAM (as the official configs)."""
+    base_out = (22, 34) if backbone == "vgg16" else (2, 4)
+    return M2DetConfig(
+        name,
+        size,
+        backbone=backbone,
+        base_out=base_out,
+        steps=steps,
+        sizes=sizes,
+        class_names=COCO_CLASSES,
+    )
+
 
 PRESETS: dict[str, M2DetConfig] = {
     c.name: c
     for c in (
-        M2DetConfig("m2det320_vgg", 320, steps=(8, 16, 32, 64, 107, 320), sizes=_SIZES, **_VGG),
-        M2DetConfig("m2det512_vgg", 512, steps=(8, 16, 32, 64, 128, 256), sizes=_SIZES_512, **_VGG),
-        M2DetConfig("m2det704_vgg", 704, steps=(8, 16, 32, 64, 117, 176),
-                    sizes=(0.04, 0.11, 0.23, 0.39, 0.58, 0.80, 1.05), **_VGG),
-        M2DetConfig("m2det800_vgg", 800, steps=(8, 16, 32, 62, 115, 160),
-                    sizes=(0.04, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05), **_VGG),
-        M2DetConfig("m2det320_resnet101", 320, steps=(8, 16, 32, 64, 107, 320), sizes=_SIZES,
-                    **_RES101),
-        M2DetConfig("m2det512_resnet101", 512, steps=(8, 16, 32, 64, 128, 256), sizes=_SIZES_512,
-                    **_RES101),
+        _coco("m2det320_vgg", 320, "vgg16", (8, 16, 32, 64, 107, 320), _SIZES),
+        _coco("m2det512_vgg", 512, "vgg16", (8, 16, 32, 64, 128, 256), _SIZES_512),
+        _coco("m2det704_vgg", 704, "vgg16", (8, 16, 32, 64, 117, 176),
+              (0.04, 0.11, 0.23, 0.39, 0.58, 0.80, 1.05)),
+        _coco("m2det800_vgg", 800, "vgg16", (8, 16, 32, 62, 115, 160),
+              (0.04, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)),
+        _coco("m2det320_resnet101", 320, "resnet101", (8, 16, 32, 64, 107, 320), _SIZES),
+        _coco("m2det512_resnet101", 512, "resnet101", (8, 16, 32, 64, 128, 256), _SIZES_512),
         # CPU-sized: same architecture (VGG16-reduced at 1/4 width, 3 TUMs x 64 planes, 5 scales).
         M2DetConfig("m2det_tiny", 160, backbone_width=0.25, planes=64, num_levels=3, num_scales=5,
                     steps=(8, 16, 32, 54, 160), sizes=(0.06, 0.15, 0.33, 0.51, 0.69, 0.87),

@@ -32,15 +32,22 @@ class Detections:
         return self.boxes[b, :n], self.scores[b, :n], self.classes[b, :n]
 
     @classmethod
-    def from_lists(cls, per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                   max_detections: int | None = None) -> Detections:
+    def from_lists(
+        cls,
+        per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        max_detections: int | None = None,
+    ) -> Detections:
         """Pad per-image (boxes [n,4], scores [n], classes [n]) to one batch."""
         k = max([len(s) for _, s, _ in per_image] + [0])
         if max_detections is not None:
             k = max_detections
         b = len(per_image)
-        out = cls(np.zeros(b, np.int32), np.zeros((b, k, 4), np.float32),
-                  np.zeros((b, k), np.float32), np.zeros((b, k), np.int32))
+        out = cls(
+            np.zeros(b, np.int32),
+            np.zeros((b, k, 4), np.float32),
+            np.zeros((b, k), np.float32),
+            np.zeros((b, k), np.int32),
+        )
         for i, (bx, sc, cl) in enumerate(per_image):
             n = min(len(sc), k)
             out.num[i] = n
@@ -57,5 +64,5 @@ class Detections:
         return [
             {"box": [round(float(v), 2) for v in bx], "score": round(float(s), 5),
              "class": int(c), **({"label": labels[int(c)]} if labels else {})}
-            for bx, s, c in zip(boxes, scores, classes)
+            for bx, s, c in zip(boxes, scores, classes, strict=True)
         ]  # fmt: skip

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 class BasicConv(nn.Sequential):
     """conv (no bias) -> BatchNorm (eps 1e-5, momentum 0.01, as released) -> ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1,
-                 padding: int = 0) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.01)
@@ -30,8 +31,9 @@ class FFMv1(nn.Module):
     (``reduce`` 3x3 Cs->256; ``up_reduce`` 1x1 Cd->512 then nearest x2; concat).
     """
 
-    def __init__(self, shallow_channels: int, deep_channels: int,
-                 shallow_out: int = 256, deep_out: int = 512) -> None:
+    def __init__(
+        self, shallow_channels: int, deep_channels: int, shallow_out: int = 256, deep_out: int = 512
+    ) -> None:
         super().__init__()
         self.reduce = BasicConv(shallow_channels, shallow_out, 3, 1, 1)
         self.up_reduce = BasicConv(deep_channels, deep_out, 1)
@@ -78,7 +80,8 @@ class TUM(nn.Module):
         self.lateral = nn.ModuleList(lat)
         self.smooth = (
             nn.ModuleList(BasicConv(planes, planes, 1) for _ in range(num_scales - 1))
-            if smooth else None
+            if smooth
+            else None
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -92,7 +95,7 @@ class TUM(nn.Module):
             decoded.append(F.interpolate(decoded[-1], size=skip.shape[-2:], mode="nearest") + skip)
         if self.smooth is None:
             return decoded
-        return [decoded[0]] + [s(d) for s, d in zip(self.smooth, decoded[1:])]
+        return [decoded[0]] + [s(d) for s, d in zip(self.smooth, decoded[1:], strict=True)]
 
 
 class SFAM(nn.Module):

@@ -27,15 +27,21 @@ class DetectionHead(nn.Module):
     def __init__(self, channels: int, num_scales: int, anchors: int, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.loc = nn.ModuleList(nn.Conv2d(channels, anchors * 4, 3, 1, 1) for _ in range(num_scales))
+        self.loc = nn.ModuleList(
+            nn.Conv2d(channels, anchors * 4, 3, 1, 1) for _ in range(num_scales)
+        )
         self.conf = nn.ModuleList(
             nn.Conv2d(channels, anchors * num_classes, 3, 1, 1) for _ in range(num_scales)
         )
 
     def forward(self, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
         b = sources[0].shape[0]
-        loc = [l(x).permute(0, 2, 3, 1).reshape(b, -1) for x, l in zip(sources, self.loc)]
-        conf = [c(x).permute(0, 2, 3, 1).reshape(b, -1) for x, c in zip(sources, self.conf)]
+        loc = [
+            r(x).permute(0, 2, 3, 1).reshape(b, -1) for x, r in zip(sources, self.loc, strict=True)
+        ]
+        conf = [
+            c(x).permute(0, 2, 3, 1).reshape(b, -1) for x, c in zip(sources, self.conf, strict=True)
+        ]
         return torch.cat(loc, 1).view(b, -1, 4), torch.cat(conf, 1).view(b, -1, self.num_classes)
 
 
@@ -45,6 +51,8 @@ class M2Det(nn.Module):
     forward -> loc offsets [B,A,4] (encoded against the priors), conf logits [B,A,num_classes].
     """
 
+    mean: Tensor  # [1,3,1,1] BGR means, a non-persistent buffer
+
     def __init__(self, config: M2DetConfig) -> None:
         super().__init__()
         self.config = config
@@ -53,8 +61,10 @@ class M2Det(nn.Module):
         self.ffm1 = FFMv1(*self.backbone.out_channels)
         self.ffm2 = FFMv2(self.ffm1.out_channels, c.planes)
         first = TUM(c.planes // 2, c.planes, c.num_scales, c.smooth)
-        rest = [TUM(c.planes // 2 + c.planes, c.planes, c.num_scales, c.smooth)
-                for _ in range(c.num_levels - 1)]
+        rest = [
+            TUM(c.planes // 2 + c.planes, c.planes, c.num_scales, c.smooth)
+            for _ in range(c.num_levels - 1)
+        ]
         self.tums = nn.ModuleList([first, *rest])
         channels = c.planes * c.num_levels
         self.sfam = SFAM(channels) if c.sfam else None
@@ -89,6 +99,7 @@ class M2DetInference(nn.Module):
     def __init__(self, model: M2Det) -> None:
         super().__init__()
         self.model = model
+        self.priors: Tensor
         priors = make_priors(model.config).to(model.mean.device)
         self.register_buffer("priors", priors, persistent=False)
         self.variance = model.config.variance

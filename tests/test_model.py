@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from m2det.checkpoint import (
-    load_model, official_to_ours, ours_to_official, read_checkpoint, save_model,
+    load_model,
+    official_to_ours,
+    ours_to_official,
+    read_checkpoint,
+    save_model,
 )
 from m2det.config import PRESETS, M2DetConfig, feature_map_sizes, get_config
 from m2det.errors import M2DetError
@@ -24,20 +28,27 @@ def test_output_shapes_every_preset(name: str, batch: int) -> None:
 
 
 def test_prior_counts_and_feature_maps() -> None:
-    assert PRESETS["m2det320_vgg"].num_priors == 12810 == make_priors(PRESETS["m2det320_vgg"]).shape[0]
+    assert (
+        PRESETS["m2det320_vgg"].num_priors == 12810 == make_priors(PRESETS["m2det320_vgg"]).shape[0]
+    )
     assert feature_map_sizes(320, 6) == (40, 20, 10, 5, 3, 1)
     assert feature_map_sizes(512, 6) == (64, 32, 16, 8, 4, 2)
     assert feature_map_sizes(800, 6) == (100, 50, 25, 13, 7, 5)
     pri = make_priors(PRESETS["m2det512_vgg"])
     assert pri.min() >= 0 and pri.max() <= 1
     # first cell of the first level: square min-size prior centred on the cell
-    assert torch.allclose(pri[0], torch.tensor([4 / 512, 4 / 512, round(0.06 * 512, 2) / 512, round(0.06 * 512, 2) / 512]))
+    assert torch.allclose(
+        pri[0],
+        torch.tensor([4 / 512, 4 / 512, round(0.06 * 512, 2) / 512, round(0.06 * 512, 2) / 512]),
+    )
 
 
 def test_parameter_count_matches_release() -> None:
     with torch.device("meta"):
         n = sum(p.numel() for p in M2Det(PRESETS["m2det320_vgg"]).parameters())
-        n_sfam = sum(p.numel() for p in M2Det(PRESETS["m2det320_vgg"].replace(sfam=True)).parameters())
+        n_sfam = sum(
+            p.numel() for p in M2Det(PRESETS["m2det320_vgg"].replace(sfam=True)).parameters()
+        )
     assert round(n / 1e6, 2) == 132.63 and round(n_sfam / 1e6, 2) == 133.16  # official_configs.json
 
 
@@ -48,7 +59,9 @@ def test_tiny_forward_real_values() -> None:
         boxes, scores = model(torch.rand(2, 3, cfg.input_size, cfg.input_size) * 255)
     assert torch.isfinite(boxes).all()
     total = scores.sum(-1)
-    assert ((total > 0) & (total < 1)).all()  # softmax over C classes with the background column dropped
+    assert (
+        (total > 0) & (total < 1)
+    ).all()  # softmax over C classes with the background column dropped
 
 
 @pytest.mark.parametrize("name,sfam", [("m2det320_vgg", True), ("m2det320_resnet101", False)])
@@ -81,7 +94,10 @@ def test_checkpoint_round_trip_and_errors(tmp_path) -> None:
     save_model(model, tmp_path / "a.pth")
     assert read_checkpoint(tmp_path / "a.pth")["config"]["name"] == "m2det_tiny"
     again = load_model(tmp_path / "a.pth")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
     # official layout, bare state_dict, needs --config
     torch.save(ours_to_official(model.state_dict(), cfg), tmp_path / "off.pth")
@@ -126,15 +142,22 @@ def test_backbone_weight_loaders(tmp_path) -> None:
     from m2det.backbones import ResNet, VGG16Reduced, load_backbone_weights
 
     vgg = VGG16Reduced(width=0.25)
-    reducedfc = {k.removeprefix("layers."): torch.randn_like(v) for k, v in vgg.state_dict().items()}
+    reducedfc = {
+        k.removeprefix("layers."): torch.randn_like(v) for k, v in vgg.state_dict().items()
+    }
     assert "0.weight" in reducedfc and "33.bias" in reducedfc  # the official file's keys
     torch.save(reducedfc, tmp_path / "vgg16_reducedfc.pth")
     load_backbone_weights(vgg, str(tmp_path / "vgg16_reducedfc.pth"))
     assert torch.equal(vgg.layers[31].weight, reducedfc["31.weight"])
 
     res = ResNet("resnet18")
-    tv = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in res.state_dict().items()}
-    tv |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}  # torchvision's classifier
+    tv = {
+        k: torch.randn_like(v) if v.is_floating_point() else v for k, v in res.state_dict().items()
+    }
+    tv |= {
+        "fc.weight": torch.zeros(1000, 512),
+        "fc.bias": torch.zeros(1000),
+    }  # torchvision's classifier
     torch.save(tv, tmp_path / "resnet18.pth")
     load_backbone_weights(res, str(tmp_path / "resnet18.pth"))
     assert torch.equal(res.layer4[1].conv2.weight, tv["layer4.1.conv2.weight"])

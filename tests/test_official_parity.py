@@ -31,10 +31,18 @@ def test_outputs_match_official_model(fixture: str) -> None:
     check_and_load(model, official_to_ours(seeded_state(shapes)), source="seeded official weights")
     with torch.no_grad():
         loc, conf = model(seeded_input(cfg.input_size))
-    assert tuple(loc.shape) == tuple(gold["loc_shape"]) and tuple(conf.shape) == tuple(gold["conf_shape"])
-    scale = max(1.0, float(np.abs(gold["conf"]).max()) / 100)  # the ResNet fixture's values reach ~1e4
-    np.testing.assert_allclose(loc.flatten()[gold["loc_idx"]].numpy(), gold["loc"], rtol=0, atol=1e-4 * scale)
-    np.testing.assert_allclose(conf.flatten()[gold["conf_idx"]].numpy(), gold["conf"], rtol=0, atol=1e-4 * scale)
+    assert tuple(loc.shape) == tuple(gold["loc_shape"]) and tuple(conf.shape) == tuple(
+        gold["conf_shape"]
+    )
+    scale = max(
+        1.0, float(np.abs(gold["conf"]).max()) / 100
+    )  # the ResNet fixture's values reach ~1e4
+    np.testing.assert_allclose(
+        loc.flatten()[gold["loc_idx"]].numpy(), gold["loc"], rtol=0, atol=1e-4 * scale
+    )
+    np.testing.assert_allclose(
+        conf.flatten()[gold["conf_idx"]].numpy(), gold["conf"], rtol=0, atol=1e-4 * scale
+    )
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

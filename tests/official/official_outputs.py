@@ -2,7 +2,8 @@
 on seeded random weights and inputs, and compare it with this project's model loading the same
 weights through the official-layout converter.
 
-    python tests/official/official_outputs.py --official /path/to/M2Det --config m2det320_vgg [--write-golden]
+    python tests/official/official_outputs.py --official /path/to/M2Det \
+        --config m2det320_vgg [--sfam] [--write-golden]
 
 --write-golden stores a small fixture (sampled official outputs + the seeds) that
 ``tests/test_official_parity.py`` checks in CI without the official code.
@@ -34,8 +35,15 @@ def import_official(repo: Path) -> types.ModuleType:
     utils.__path__ = [str(repo / "utils")]  # type: ignore[attr-defined]
     core = types.ModuleType("utils.core")
     core.print_info = lambda *a, **k: None  # type: ignore[attr-defined]
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                        "torchvision.models": tv.models, "utils": utils, "utils.core": core})
+    sys.modules.update(
+        {
+            "torchvision": tv,
+            "torchvision.transforms": tv.transforms,
+            "torchvision.models": tv.models,
+            "utils": utils,
+            "utils.core": core,
+        }
+    )
     sys.path.insert(0, str(repo))
     spec = importlib.util.spec_from_file_location("official_m2det", repo / "m2det.py")
     assert spec and spec.loader
@@ -45,7 +53,8 @@ def import_official(repo: Path) -> types.ModuleType:
     resnet = sys.modules["layers.resnet"]
     by_url = {url: name for name, url in resnet.model_urls.items()}
     resnet.model_zoo = types.SimpleNamespace(  # type: ignore[attr-defined]
-        load_url=lambda url: getattr(resnet, by_url[url])(pretrained=False).state_dict())
+        load_url=lambda url: getattr(resnet, by_url[url])(pretrained=False).state_dict()
+    )
     return mod
 
 
@@ -53,9 +62,17 @@ def official_config(name: str) -> dict:
     from m2det.config import get_config
 
     c = get_config(name)
-    return dict(backbone=c.backbone, net_family="vgg" if c.backbone == "vgg16" else "res",
-                base_out=list(c.base_out), planes=c.planes, num_levels=c.num_levels,
-                num_scales=c.num_scales, sfam=c.sfam, smooth=c.smooth, num_classes=c.num_classes)
+    return dict(
+        backbone=c.backbone,
+        net_family="vgg" if c.backbone == "vgg16" else "res",
+        base_out=list(c.base_out),
+        planes=c.planes,
+        num_levels=c.num_levels,
+        num_scales=c.num_scales,
+        sfam=c.sfam,
+        smooth=c.smooth,
+        num_classes=c.num_classes,
+    )
 
 
 def seeded_state(shapes: dict[str, tuple[torch.Size, torch.dtype]]) -> dict[str, torch.Tensor]:
@@ -110,17 +127,25 @@ def main() -> None:
         loc_o, conf_o = net(x - mean)  # the official data pipeline subtracts the mean
         loc_m, conf_m = ours(x)  # ours: mean inside the model
     dl, dc = (loc_o - loc_m).abs().max().item(), (conf_o - conf_m).abs().max().item()
-    print(f"{args.config} sfam={args.sfam}: official vs ours max|diff| loc {dl:.3g} conf {dc:.3g} "
-          f"(loc range {loc_o.abs().max():.3g}, conf range {conf_o.abs().max():.3g})")
+    print(
+        f"{args.config} sfam={args.sfam}: official vs ours max|diff| loc {dl:.3g} conf {dc:.3g} "
+        f"(loc range {loc_o.abs().max():.3g}, conf range {conf_o.abs().max():.3g})"
+    )
     if args.write_golden:
         rng = np.random.default_rng(0)
         idx = rng.choice(loc_o.numel(), SAMPLES, replace=False)
         cidx = rng.choice(conf_o.numel(), SAMPLES, replace=False)
         GOLDEN_DIR.mkdir(exist_ok=True)
         name = f"{args.config}{'_sfam' if args.sfam else ''}.npz"
-        np.savez_compressed(GOLDEN_DIR / name, loc_idx=idx, loc=loc_o.flatten()[idx].numpy(),
-                            conf_idx=cidx, conf=conf_o.flatten()[cidx].numpy(),
-                            loc_shape=np.array(loc_o.shape), conf_shape=np.array(conf_o.shape))
+        np.savez_compressed(
+            GOLDEN_DIR / name,
+            loc_idx=idx,
+            loc=loc_o.flatten()[idx].numpy(),
+            conf_idx=cidx,
+            conf=conf_o.flatten()[cidx].numpy(),
+            loc_shape=np.array(loc_o.shape),
+            conf_shape=np.array(conf_o.shape),
+        )
         print("wrote", GOLDEN_DIR / name)
     assert dl < 1e-4 and dc < 1e-4, "outputs differ from the official model"
 
@@ -144,8 +169,9 @@ def official_prior_hashes(repo: Path) -> dict[str, str]:
 
     out = {}
     for name, c in PRESETS.items():
-        anchors = anchors_mod.mk_anchors(c.input_size, c.input_size, list(c.sizes), list(c.steps),
-                             num_reglayer=c.num_scales)
+        anchors = anchors_mod.mk_anchors(
+            c.input_size, c.input_size, list(c.sizes), list(c.steps), num_reglayer=c.num_scales
+        )
         pri = PriorBox(anchors).forward().numpy().astype(np.float32)
         out[name] = hashlib.sha256(pri.tobytes()).hexdigest()
     return out
