@@ -137,7 +137,7 @@ _TINY = np.finfo(np.float32).smallest_subnormal
 _BLOCK_ELEMENTS = 1 << 16  # precompute all [R,W,W] weights up to this size
 _ROW_BLOCK = 320  # a single row precomputes all [W,W] weights up to this width
 _GROUP_WIDTHS = (32, 256, 2048)  # classes are run in groups of similar candidate counts
-_ISOLATION_PAIRS = 32  # per candidate: most x-overlapping pairs weighed to find isolated ones
+_SPLIT_PAIRS = 32  # per candidate: most x-overlapping pairs weighed to split a row in components
 _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidates out
 
 
@@ -298,17 +298,16 @@ def _emit(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarray, np.ndar
     return rows_out, idx_out, score_out
 
 
-def _isolated(box: np.ndarray, p: NMSParams, max_pairs: int) -> np.ndarray | None:
-    """Candidates whose weight against every other candidate is exactly 1 (they neither change
-    nor are changed by any emission), from boxes ``box`` [5,W]; None when more than
-    ``max_pairs`` pairs overlap in x (then finding them costs more than it saves).
+def _components(box: np.ndarray, p: NMSParams, max_pairs: int) -> np.ndarray | None:
+    """Connected components of "weight != 1" among boxes ``box`` [5,W]: a dense component id
+    per box [W], or None when more than ``max_pairs`` pairs overlap in x (then finding them
+    costs more than it saves). Emissions in one component never change another's scores.
 
     w != 1 needs inter > 0, so only pairs overlapping in x are weighed: sorted by x1, box i can
     only overlap the boxes after it whose x1 is < its x2."""
     width = box.shape[1]
     order = np.argsort(box[0], kind="stable")
-    x1 = box[0, order]
-    end = np.searchsorted(x1, box[2, order], side="left")
+    end = np.searchsorted(box[0, order], box[2, order], side="left")
     counts = np.maximum(end - np.arange(width) - 1, 0)
     n_pairs = int(counts.sum())
     if n_pairs > max_pairs:
@@ -317,38 +316,46 @@ def _isolated(box: np.ndarray, p: NMSParams, max_pairs: int) -> np.ndarray | Non
     second = first + 1 + np.arange(n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
     a, b = order[first], order[second]
     hit = _weights(box[:, a], box[:, b], p) != _ONE
-    return (np.bincount(a[hit], minlength=width) + np.bincount(b[hit], minlength=width)) == 0
+    a, b = a[hit], b[hit]
+    label = np.arange(width)
+    while True:  # min-label propagation with pointer jumping
+        new = label.copy()
+        np.minimum.at(new, a, label[b])
+        np.minimum.at(new, b, label[a])
+        new = new[new]
+        if np.array_equal(new, label):
+            return np.unique(label, return_inverse=True)[1]
+        label = new
 
 
-def _emit_row(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarray]:
+def _emit_row(c: _Candidates, p: NMSParams, split: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``_emit`` for a single row. Returns (anchor index [k], score [k]) in emission order.
 
-    A long row that must emit most of its candidates first sets aside the isolated ones (no
-    candidate weighs != 1 against them): their emitted score is their score (if >= min_score,
-    or if one is the very first emission), and emission order is (score desc, index asc), so
-    they are merged with the rest's emissions by sorting."""
+    A long sparse row that must emit most of its candidates (``split``) runs its connected
+    components as separate rows instead: each emits as if alone, and since emission order is
+    (score desc, index asc) the results merge by sorting."""
     if not c.score.size:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     width = c.score.shape[1]
     keep = p.keep_per_class if p.keep_per_class > 0 else width
-    if width > _ROW_BLOCK and 8 * keep >= width:
-        iso = _isolated(c.box[:, 0], p, _ISOLATION_PAIRS * width)
-        if iso is not None and iso.any():
+    if split and width > _ROW_BLOCK and 8 * keep >= width:
+        comp = _components(c.box[:, 0], p, _SPLIT_PAIRS * width)
+        if comp is not None and comp.max() > 0:
             score, index = c.score[0], c.index[0]
-            first = int(score.argmax())
-            take = iso & (score >= np.float32(p.min_score))
-            take[first] |= iso[first]
-            rest_idx, rest_score = _emit_row_steps(_squeeze(c, ~iso[None]), p, bool(iso[first]))
-            idx = np.concatenate([rest_idx, index[take]])
-            out = np.concatenate([rest_score, score[take]])
-            order = np.lexsort((idx, -out))[:keep]
-            return idx[order], out[order]
-    return _emit_row_steps(c, p, False)
+            remain = score >= np.float32(p.min_score)  # the rest go with the first emission
+            remain[int(score.argmax())] = True
+            order = np.argsort(comp, kind="stable")
+            order = order[remain[order]]
+            _, idx, out = _run_rows(comp[order], index[order], c.box[:4, 0, order].T,
+                                    score[order], int(comp.max()) + 1, p, split=False)
+            best = np.lexsort((idx, -out))[:keep]
+            return idx[best], out[best]
+    return _emit_row_steps(c, p)
 
 
-def _emit_row_steps(c: _Candidates, p: NMSParams, started: bool) -> tuple[np.ndarray, np.ndarray]:
+def _emit_row_steps(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarray]:
     """The emission loop of ``_emit`` for a single row, with scalar indexing (much less overhead
-    per step); ``started``: an emission happened already (so candidates < min_score are gone)."""
+    per step)."""
     idx: list[int] = []
     out: list[np.float32] = []
     min_score = np.float32(p.min_score)
@@ -362,7 +369,7 @@ def _emit_row_steps(c: _Candidates, p: NMSParams, started: bool) -> tuple[np.nda
         while len(out) < keep and width:
             j = int(score.argmax())
             s = score[j]
-            if not (s >= min_score if out or started else s > _NEG_INF):
+            if not (s >= min_score if out else s > _NEG_INF):
                 break
             idx.append(int(index[j]))
             out.append(s)
@@ -394,11 +401,32 @@ def soft_nms(boxes: Any, scores: Any, params: NMSParams) -> tuple[np.ndarray, np
     return _emit_row(_pack(rows, cols, b[cols], s[cols], 1), params)
 
 
+def _run_rows(rows: np.ndarray, cols: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+              n_rows: int, p: NMSParams,
+              split: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 2 for flat candidates sorted by row then anchor index (``rows``/``cols`` [L],
+    ``boxes`` [L,4], ``scores`` [L]); rows of similar length run together, so a few crowded
+    rows don't pad all the others. Returns flat (row id, anchor index, score)."""
+    group = np.searchsorted(_GROUP_WIDTHS, np.bincount(rows, minlength=n_rows))[rows]
+    parts = []
+    for g in np.unique(group):
+        m = group == g
+        c = _pack(rows[m], cols[m], boxes[m], scores[m], n_rows)
+        if len(c.row_id) == 1:
+            idx, score = _emit_row(c, p, split)
+            parts.append((np.full(len(idx), c.row_id[0]), idx, score))
+        else:
+            parts.append(_emit(c, p))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    row_id, idx, score = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    return row_id, idx, score
+
+
 def _image_nms(boxes: np.ndarray, scores: np.ndarray,
                p: NMSParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-3 for one image: boxes [A,4], scores [A,C] -> (boxes [n,4], scores [n],
-    classes [n] int32) in merged order. Classes run together, grouped by candidate count so a
-    few crowded classes don't pad all the others."""
+    classes [n] int32) in merged order; all classes run together."""
     n_classes = scores.shape[1]
     anchors, classes = _nonzero_2d(scores > np.float32(p.score_threshold))
     order = np.argsort(classes, kind="stable")  # class-major, anchor ascending within
@@ -406,19 +434,7 @@ def _image_nms(boxes: np.ndarray, scores: np.ndarray,
     cand = scores[cols, rows]
     keep = _select(rows, cols, cand, p.max_candidates, n_classes)
     rows, cols, cand = rows[keep], cols[keep], cand[keep]
-    group = np.searchsorted(_GROUP_WIDTHS, np.bincount(rows, minlength=n_classes))[rows]
-    parts = []
-    for g in np.unique(group):
-        m = group == g
-        c = _pack(rows[m], cols[m], boxes[cols[m]], cand[m], n_classes)
-        if len(c.row_id) == 1:
-            idx, score = _emit_row(c, p)
-            parts.append((np.full(len(idx), c.row_id[0]), idx, score))
-        else:
-            parts.append(_emit(c, p))
-    if not parts:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
-    cls, idx, score = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    cls, idx, score = _run_rows(rows, cols, boxes[cols], cand, n_classes, p)
     order = np.lexsort((idx, cls, -score))
     if p.max_detections > 0:
         order = order[:p.max_detections]
