@@ -26,7 +26,8 @@ PROG = "m2det-bench"
 NMS_CHOICES = ("official", "soft", "hard", "paper")
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: "1,8,32" -> (1, 8, 32)."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
     one.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
     a.add_argument("--config", help="preset of a checkpoint that records none")
-    a.add_argument("--sweep", type=_ints, metavar="S,S,...",
+    a.add_argument("--sweep", type=int_list, metavar="S,S,...",
                    help="input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
                         "size, or random weights (speed only) without --ckpt")  # fmt: skip
     a.add_argument("--backends", type=_names, default=("torch",), metavar="B,B",
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--protocol", choices=harness.PROTOCOLS, default="standard",
                    help="standard: mean/percentiles over --iters at each --batch; paper: batch "
                         "1, (network + NMS) time summed over the --pool images / their number")
-    m.add_argument("--batch", type=_ints, default=(1,), metavar="N,N", help="batch sizes")
+    m.add_argument("--batch", type=int_list, default=(1,), metavar="N,N", help="batch sizes")
     m.add_argument("--iters", type=int, default=50, help="timed iterations per batch size")
     m.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     m.add_argument("--pool", type=int, default=16,

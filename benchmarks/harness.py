@@ -422,11 +422,32 @@ def checkpoint_weights(ckpt: Path) -> str:
     return "random" if read_checkpoint(ckpt).get("weights") == "random" else "given"
 
 
-def export_onnx(ckpt: Path, precision: str, out_dir: Path, calibration: np.ndarray | None,
-                calib_method: str = "entropy") -> Path:
-    """``ckpt`` -> ``out_dir/<config>[_fp16|_int8].onnx`` (dynamic batch, raw graph) with the
-    ``export`` package; FP16/INT8 are made from the FP32 file (written first when missing).
-    ``calibration``: [N,3,S,S] float32 images, needed for INT8."""
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ModelOpt's per-node INFO logs and the calibrators' prints and progress bars (shown
+    anyway when the block fails)."""
+    import contextlib
+    import io
+    import logging
+
+    buf = io.StringIO()
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    except BaseException:
+        sys.stderr.write(buf.getvalue())
+        raise
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
+                calibration: np.ndarray | None, calib_method: str = "entropy",
+                log: Any = print) -> dict[str, Path]:
+    """``ckpt`` -> ``out_dir/<config>[_fp16|_int8].onnx`` (dynamic batch, raw graph) for each of
+    ``precisions`` with the ``export`` package: FP32 by the raw export, FP16 by AutoCast and INT8
+    by ModelOpt PTQ, both from the FP32 file. ``calibration``: [N,3,S,S] float32 images (INT8)."""
     import onnx
 
     from export import precision as prec
@@ -435,25 +456,29 @@ def export_onnx(ckpt: Path, precision: str, out_dir: Path, calibration: np.ndarr
 
     module = load_inference_model(ckpt, None)
     cfg = module.model.config
+    out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = out_dir / f"{cfg.name}.onnx"
-    if not fp32.is_file():
-        model = export_raw(module, None)
-        set_metadata(model, cfg, "fp32", "raw", None)
-        check_model(model)
-        save_model(model, fp32)
-    if precision == "fp32":
-        return fp32
-    path = out_dir / f"{cfg.name}_{precision}.onnx"
-    if precision == "fp16":
-        model = prec.to_fp16(fp32)
-    else:
-        if calibration is None:
+    log(f"[bench] exporting {cfg.name} FP32 ONNX -> {fp32}")
+    model = export_raw(module, None)
+    set_metadata(model, cfg, "fp32", "raw", None)
+    check_model(model)
+    save_model(model, fp32)
+    paths = {"fp32": fp32}
+    for precision in [p for p in precisions if p != "fp32"]:
+        path = out_dir / f"{cfg.name}_{precision}.onnx"
+        log(f"[bench] exporting {cfg.name} {precision.upper()} ONNX -> {path}")
+        if precision == "int8" and calibration is None:
             raise M2DetError("INT8 export needs calibration images")
-        model = prec.to_int8(fp32, calibration, calib_method)
-    set_metadata(model, cfg, precision, "raw", None)
-    onnx.checker.check_model(model)
-    save_model(model, path)
-    return path
+        with _quiet():
+            if precision == "fp16":
+                model = prec.to_fp16(fp32)
+            else:
+                model = prec.to_int8(fp32, calibration, calib_method)
+        set_metadata(model, cfg, precision, "raw", None)
+        onnx.checker.check_model(model)
+        save_model(model, path)
+        paths[precision] = path
+    return paths
 
 
 def build_plan(onnx_path: Path, max_batch: int) -> Path:
@@ -465,33 +490,36 @@ def build_plan(onnx_path: Path, max_batch: int) -> Path:
 
 def make_variants(ckpt: Path, weights: str, plan: VariantPlan, work: Path,
                   log: Any = print) -> tuple[list[Variant], list[dict[str, str]]]:
-    """Variants of ``ckpt`` for every supported backend x precision of ``plan`` (exports into
-    ``work``), and the skipped combinations as ``{"backend", "precision", "reason"}``."""
+    """Variants of ``ckpt`` for every supported backend x precision of ``plan`` (ONNX files and
+    plans made in ``work``), and the skipped combinations ``{"backend", "precision", "config",
+    "reason"}``."""
     from m2det.checkpoint import read_checkpoint, resolve_config
 
     cfg = resolve_config(read_checkpoint(ckpt), None, str(ckpt))
-    variants: list[Variant] = []
+    wanted: list[tuple[str, str]] = []
     skipped: list[dict[str, str]] = []
-    work.mkdir(parents=True, exist_ok=True)
-    calibration = None
     for backend in plan.backends:
         for precision in plan.precisions:
             why = supported(backend, precision, plan.device)
-            if why is not None:
+            if why is None:
+                wanted.append((backend, precision))
+            else:
                 skipped.append({"backend": backend, "precision": precision, "config": cfg.name,
                                 "reason": why})  # fmt: skip
-                continue
-            artifact = ckpt
-            if backend != "torch":
-                if precision == "int8" and calibration is None:
-                    calibration = _calibration(plan, cfg.input_size)
-                log(f"[bench] exporting {cfg.name} {precision} ONNX ...")
-                artifact = export_onnx(ckpt, precision, work, calibration, plan.calib_method)
-            if backend == "tensorrt":
-                log(f"[bench] building the TensorRT plan of {artifact.name} ...")
-                artifact = build_plan(artifact, plan.max_batch)
-            variants.append(Variant(artifact, backend, precision, cfg.name, cfg.input_size,
-                                    weights, str(ckpt), plan.device))  # fmt: skip
+    onnx_precisions = [p for p in plan.precisions if any(b != "torch" and q == p
+                                                         for b, q in wanted)]  # fmt: skip
+    onnx_files: dict[str, Path] = {}
+    if onnx_precisions:
+        calibration = _calibration(plan, cfg.input_size) if "int8" in onnx_precisions else None
+        onnx_files = export_onnx(ckpt, onnx_precisions, work, calibration, plan.calib_method, log)
+    variants = []
+    for backend, precision in wanted:
+        artifact = ckpt if backend == "torch" else onnx_files[precision]
+        if backend == "tensorrt":
+            log(f"[bench] building the TensorRT plan of {artifact.name} ...")
+            artifact = build_plan(artifact, plan.max_batch)
+        variants.append(Variant(artifact, backend, precision, cfg.name, cfg.input_size, weights,
+                                str(ckpt), plan.device))  # fmt: skip
     return variants, skipped
 
 
@@ -596,7 +624,7 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, command:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     pool, pool_desc = make_pool(settings)
-    device = variants[0].device if variants else "cpu"
+    device = "cuda" if any(v.device.startswith("cuda") for v in variants) else "cpu"
     env = environment(command, device, settings.threads)
     rows: list[dict[str, Any]] = []
     for variant in variants:
