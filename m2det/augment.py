@@ -30,13 +30,15 @@ CROP_MODES: tuple[tuple[float, float] | None, ...] = (
 MIN_BOX_SIDE = 0.01  # boxes thinner than this (normalized) after augmentation are dropped
 
 
-def _iou_with(boxes: np.ndarray, roi: np.ndarray) -> np.ndarray:
-    """IoU [n] of pixel boxes [n,4] with one box roi [4]."""
-    lt = np.maximum(boxes[:, :2], roi[:2])
-    rb = np.minimum(boxes[:, 2:], roi[2:])
-    inter = np.prod((rb - lt).clip(min=0), axis=1)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / (area + np.prod(roi[2:] - roi[:2]) - inter)
+def _iou_matrix(rois: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU [m,n] of pixel boxes rois [m,4] with boxes [n,4]."""
+    lt = np.maximum(rois[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(rois[:, None, 2:], boxes[None, :, 2:])
+    wh = (rb - lt).clip(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_r = (rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1])
+    area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area_r[:, None] + area_b[None, :] - inter)
 
 
 def _targets(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> Targets:
@@ -94,31 +96,35 @@ class TrainTransform:
         50 crops of scale 0.3-1 and aspect 0.5-2 are tried; boxes whose centre falls inside the
         crop are kept and clipped to it. Draws a new mode when all 50 fail."""
         height, width = image.shape[:2]
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2
         while True:
             mode = CROP_MODES[self.rng.integers(len(CROP_MODES))]
             if mode is None:
                 return image, boxes, labels
-            min_iou, max_iou = mode
-            for _ in range(50):
-                scale = self.rng.uniform(0.3, 1.0)
-                ratio = math.sqrt(self.rng.uniform(max(0.5, scale * scale),
-                                                   min(2.0, 1.0 / scale / scale)))
-                w = int(scale * ratio * width)
-                h = int(scale / ratio * height)
-                left = int(self.rng.integers(width - w + 1))
-                top = int(self.rng.integers(height - h + 1))
-                roi = np.array((left, top, left + w, top + h), np.float32)
-                iou = _iou_with(boxes, roi)
-                if not (min_iou <= iou.min() and iou.max() <= max_iou):
-                    continue
-                centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-                inside = ((roi[:2] < centers) & (centers < roi[2:])).all(axis=1)
-                if not inside.any():
-                    continue
-                kept = boxes[inside].copy()
-                kept[:, :2] = np.maximum(kept[:, :2], roi[:2]) - roi[:2]
-                kept[:, 2:] = np.minimum(kept[:, 2:], roi[2:]) - roi[:2]
-                return image[top:top + h, left:left + w], kept, labels[inside]
+            rois = self._crop_candidates(width, height, 50)
+            iou = _iou_matrix(rois, boxes)
+            inside = ((rois[:, None, :2] < centers) & (centers < rois[:, None, 2:])).all(axis=2)
+            ok = (iou.min(axis=1) >= mode[0]) & (iou.max(axis=1) <= mode[1]) & inside.any(axis=1)
+            if not ok.any():
+                continue
+            k = int(ok.argmax())  # the first valid of the 50 tries, as the sequential loop
+            left, top, right, bottom = rois[k].astype(int)
+            kept = boxes[inside[k]].copy()
+            kept[:, :2] = np.maximum(kept[:, :2], rois[k, :2]) - rois[k, :2]
+            kept[:, 2:] = np.minimum(kept[:, 2:], rois[k, 2:]) - rois[k, :2]
+            return image[top:bottom, left:right], kept, labels[inside[k]]
+
+    def _crop_candidates(self, width: int, height: int, count: int) -> np.ndarray:
+        """``count`` random crop windows [count,4] (pixel x1,y1,x2,y2, integral): scale
+        0.3-1 of the side, aspect 0.5-2, inside the image."""
+        scale = self.rng.uniform(0.3, 1.0, count)
+        ratio = np.sqrt(self.rng.uniform(np.maximum(0.5, scale * scale),
+                                         np.minimum(2.0, 1.0 / scale / scale)))
+        w = np.maximum(1, (scale * ratio * width).astype(np.int64)).clip(max=width)
+        h = np.maximum(1, (scale / ratio * height).astype(np.int64)).clip(max=height)
+        left = (self.rng.random(count) * (width - w + 1)).astype(np.int64)
+        top = (self.rng.random(count) * (height - h + 1)).astype(np.int64)
+        return np.stack([left, top, left + w, top + h], axis=1).astype(np.float32)
 
     def distort(self, image: np.ndarray) -> np.ndarray:
         """Photometric distortion, each with probability 1/2: brightness +-32, contrast
