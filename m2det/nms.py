@@ -138,6 +138,7 @@ _BLOCK_ELEMENTS = 1 << 16  # precompute all [R,W,W] weights up to this size
 _ROW_BLOCK = 320  # a single row precomputes all [W,W] weights up to this width
 _GROUP_WIDTHS = (32, 256, 2048)  # classes are run in groups of similar candidate counts
 _SPLIT_PAIRS = 32  # per candidate: most x-overlapping pairs weighed to split a row in components
+_SPLIT_PARTS = 8  # ... and only used when its largest component is at most 1/8 of the row
 _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidates out
 
 
@@ -340,7 +341,7 @@ def _emit_row(c: _Candidates, p: NMSParams, split: bool = True) -> tuple[np.ndar
     keep = p.keep_per_class if p.keep_per_class > 0 else width
     if split and width > _ROW_BLOCK and 8 * keep >= width:
         comp = _components(c.box[:, 0], p, _SPLIT_PAIRS * width)
-        if comp is not None and comp.max() > 0:
+        if comp is not None and _SPLIT_PARTS * np.bincount(comp).max() <= width:
             score, index = c.score[0], c.index[0]
             remain = score >= np.float32(p.min_score)  # the rest go with the first emission
             remain[int(score.argmax())] = True

@@ -84,13 +84,15 @@ def ref_batched(boxes: np.ndarray, scores: np.ndarray,
 @contextlib.contextmanager
 def code_path(name: str) -> Iterator[None]:
     """'block': precomputed weight blocks (small inputs); 'lazy': weights per step, discarded
-    candidates squeezed out at every opportunity, classes split into many groups."""
+    candidates squeezed out at every opportunity, classes split into many groups, single
+    classes split into connected components."""
     if name == "block":
         yield
         return
     with mock.patch.object(nms, "_ROW_BLOCK", 0), mock.patch.object(nms, "_BLOCK_ELEMENTS", 0), \
             mock.patch.object(nms, "_SQUEEZE_EVERY", 1), \
-            mock.patch.object(nms, "_GROUP_WIDTHS", (1, 3, 6)):
+            mock.patch.object(nms, "_GROUP_WIDTHS", (1, 3, 6)), \
+            mock.patch.object(nms, "_SPLIT_PARTS", 1):
         yield
 
 
