@@ -24,8 +24,10 @@ index within a row (so a row-wise ``argmax`` picks the lowest index among ties).
 an image run at once (in a few groups of similar candidate counts, so one crowded class does not
 pad the rest); each emission step is a row-wise argmax and one multiply by the emitted boxes'
 weight rows, which are precomputed as a [R, W, W] block when that is small and otherwise computed
-per step, with discarded candidates squeezed out every few steps. No masked numpy operations on
-the hot path: they are an order of magnitude slower than plain ones.
+per step, with discarded candidates squeezed out every few steps. A long, sparse class that has
+to emit most of its candidates runs its connected components (pairs with weight != 1) as separate
+rows. No masked numpy operations on the hot path: they are an order of magnitude slower than plain
+ones.
 """
 
 from __future__ import annotations
