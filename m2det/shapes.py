@@ -227,7 +227,8 @@ def generate_split(out: Path, split: str, count: int, seed: int, size: int,
     staging = out / f".{split}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     try:
         for i in tqdm(range(count), desc=f"shapes {split}", disable=not progress, unit="img"):
             rng = np.random.default_rng([seed, split_code, i])
