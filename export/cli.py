@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-count", type=int, default=64, metavar="N",
                    help="calibration images used (a seeded subset when DIR has more; default 64)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    q.add_argument("--qdq-placement", choices=precision.PLACEMENTS, default="tensorrt",
+                   help="tensorrt: ModelOpt's placement (Q/DQ on inputs of weighted ops); cpu: "
+                        "also on Conv outputs, so ONNX Runtime can fuse QLinearConv")
     n = p.add_argument_group("NMS graph")
     n.add_argument("--nms", choices=NMS_CHOICES, default="none",
                    help="none: raw graphs only; soft (official linear soft-NMS) / hard: plugin "
@@ -228,10 +231,12 @@ def run(args: argparse.Namespace) -> Summary:
     if args.int8:
         assert calib is not None
         i8 = step("int8", f"INT8 PTQ ({args.calib_method}, {len(calib)} images; ModelOpt)",
-                  lambda: precision.to_int8(fp32_path, calib, args.calib_method))  # fmt: skip
+                  lambda: precision.to_int8(fp32_path, calib, args.calib_method,
+                                            args.qdq_placement))  # fmt: skip
         q, dq = precision.count_qdq(i8)
         summary.calibration = {"folder": str(args.calib), "method": args.calib_method,
-                               "images": len(calib), "seed": args.seed, "quantize_linear": q,
+                               "images": len(calib), "seed": args.seed,
+                               "qdq_placement": args.qdq_placement, "quantize_linear": q,
                                "dequantize_linear": dq}  # fmt: skip
         n = batch or 1
         real = [calib[i:i + n] for i in range(0, n * PARITY_IMAGES, n) if i + n <= len(calib)]

@@ -62,18 +62,26 @@ def to_fp16(raw_path: str | Path) -> onnx.ModelProto:
         )  # fmt: skip
 
 
-def to_int8(raw_path: str | Path, calibration: np.ndarray,
-            method: str = "entropy") -> onnx.ModelProto:
+#: Q/DQ placements: ModelOpt's TensorRT one (inputs of weighted ops), or that plus the Conv
+#: outputs, which ONNX Runtime's CPU EP needs to fuse DQ->Conv->Q into QLinearConv.
+PLACEMENTS = ("tensorrt", "cpu")
+
+
+def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entropy",
+            placement: str = "tensorrt") -> onnx.ModelProto:
     """FP32 raw graph + calibration images [N,3,S,S] -> explicit Q/DQ INT8 graph (ModelOpt PTQ,
     per-channel weights, symmetric activations, ``high_precision_dtype`` fp32 so the unquantized
     parts stay FP32 for CPU execution). ``method``: entropy | max (ModelOpt's own calibrators) |
     percentile (ORT's percentile calibrator at :data:`PERCENTILE`, handed to ModelOpt as a
-    calibration cache)."""
+    calibration cache). ``placement``: one of :data:`PLACEMENTS`."""
     from modelopt.onnx.quantization import quantize
 
     if method not in CALIB_METHODS:
         valid = ", ".join(CALIB_METHODS)
         raise M2DetError(f"unknown calibration method {method!r}; valid: {valid}")
+    if placement not in PLACEMENTS:
+        raise M2DetError(f"unknown Q/DQ placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
+    extra = {"op_types_needing_output_quant": ["Conv"]} if placement == "cpu" else {}
     with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp, _modelopt_quiet():
         out = os.path.join(tmp, "int8.onnx")
         cache = None
@@ -85,7 +93,7 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray,
             calibration_method="entropy" if method == "entropy" else "max",
             calibration_cache_path=cache, calibration_eps=["cpu"],
             nodes_to_exclude=[POSTPROCESS_PATTERN], high_precision_dtype="fp32",
-            output_path=out, log_level="WARNING",
+            output_path=out, log_level="WARNING", **extra,
         )  # fmt: skip
         return onnx.load(out)
 
