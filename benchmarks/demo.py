@@ -160,7 +160,8 @@ def _demo(argv: Sequence[str] | None) -> int:
     settings = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                              threads=args.threads, ann=data["val_json"],
                              images=data["val_images"], limit=args.val, pool=16,
-                             progress=not args.quiet)  # fmt: skip
+                             progress=not args.quiet,
+                             eval_name=f"synthetic shapes val ({args.val} images)")  # fmt: skip
     settings.check()
     print("[demo] 3/5 exporting FP32 / FP16 / INT8 ONNX")
     plan = VariantPlan(backends=("torch", "onnxruntime"), precisions=harness.PRECISIONS,

@@ -83,8 +83,8 @@ class BenchSettings:
     """How to measure. ``batches``: batch sizes timed per variant (``protocol="paper"``: batch 1
     over every pool image once). ``nms``: NMS preset (``m2det.nms.get_nms_params``). ``threads``:
     CPU threads for torch and ONNX Runtime alike (None: library defaults). ``ann``/``images``/
-    ``limit``: COCO evaluation set (AP is skipped without ``ann``). ``pool``: number of different
-    images the timed iterations rotate through."""
+    ``limit``: COCO evaluation set (AP is skipped without ``ann``), ``eval_name`` its name in
+    plots. ``pool``: number of different images the timed iterations rotate through."""
 
     batches: tuple[int, ...] = (1,)
     iters: int = 50
@@ -97,6 +97,14 @@ class BenchSettings:
     limit: int | None = None
     pool: int = 16
     progress: bool = True
+    eval_name: str | None = None
+
+    @property
+    def eval_label(self) -> str | None:
+        """What the AP is measured on, for tables and plots (default: the annotation file)."""
+        if self.ann is None:
+            return None
+        return self.eval_name or f"{Path(self.ann).name} ({self.images})"
 
     def check(self) -> None:
         """M2DetError for settings no measurement can use."""
@@ -467,11 +475,11 @@ def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
     for precision in [p for p in precisions if p != "fp32"]:
         path = out_dir / f"{cfg.name}_{precision}.onnx"
         log(f"[bench] exporting {cfg.name} {precision.upper()} ONNX -> {path}")
-        if precision == "int8" and calibration is None:
-            raise M2DetError("INT8 export needs calibration images")
         with _quiet():
             if precision == "fp16":
                 model = prec.to_fp16(fp32)
+            elif calibration is None:
+                raise M2DetError("INT8 export needs calibration images")
             else:
                 model = prec.to_int8(fp32, calibration, calib_method)
         set_metadata(model, cfg, precision, "raw", None)
@@ -641,7 +649,7 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, command:
                      "pool": len(pool), "pool_images": pool_desc,
                      "ann": None if settings.ann is None else str(settings.ann),
                      "images": None if settings.images is None else str(settings.images),
-                     "limit": settings.limit},
+                     "limit": settings.limit, "eval_set": settings.eval_label},
         "notes": all_notes, "skipped": list(skipped), "rows": rows,
     }  # fmt: skip
 

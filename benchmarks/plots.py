@@ -91,7 +91,7 @@ def _plot_paper(ax: Any) -> None:
 
 def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
     """FPS-vs-AP figure of ``results`` (the ``m2det-bench`` JSON document) -> [PNG, SVG]."""
-    fig, ax = plt.subplots(figsize=(11, 6.5))
+    fig, ax = plt.subplots(figsize=(13, 6.5))
     _plot_paper(ax)
     ax.set_xscale("log")
     ax.set_xlabel("FPS at batch 1 (network + NMS, the paper's definition; log scale)")
@@ -107,8 +107,8 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
         color = cmap(i % 10)
         fps = [_fps(r) for r in rows]
         xs += fps
-        aps = [None if r["accuracy"] is None else 100.0 * r["accuracy"]["AP"] for r in rows]
-        if all(a is not None for a in aps):
+        if all(r["accuracy"] is not None for r in rows):
+            aps = [100.0 * r["accuracy"]["AP"] for r in rows]
             with_ap = True
             (line,) = ax2.plot(fps, aps, "-o", color=color, linewidth=2, markersize=7)
             for r, x, y in zip(rows, fps, aps, strict=True):
@@ -119,24 +119,31 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
             continue
         for r, x in zip(rows, fps, strict=True):  # speed only: a vertical line at the FPS
             line = ax.axvline(x, color=color, linestyle=":", linewidth=1.8)
-            ax.annotate(f"{r['input_size']}", (x, 1.0), xycoords=("data", "axes fraction"),
-                        textcoords="offset points", xytext=(3, -12), fontsize=8, color=color)
+            ax.annotate(f"{r['backend']} {r['precision']} {r['input_size']}: {x:.3g} FPS",
+                        (x, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                        ha="right", textcoords="offset points", xytext=(-2, 0), fontsize=8,
+                        color=color)  # fmt: skip
         handles.append(line)
         labels.append(f"ours: {name} (FPS only, no AP)")
     ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25"
+                                               else ""))  # fmt: skip
     if with_ap:
         top = max(100 * r["accuracy"]["AP"] for r in results["rows"] if r["accuracy"])
         ax2.set_ylim(0, max(1.0, top * 1.15))
     else:
         ax2.set_yticks([])
         ax2.set_ylabel("")
-    note = ("AP axes are different datasets and NOT comparable: paper = COCO test-dev (left, "
-            "black/grey);\nours = " + _eval_set(results) + " (right, colour). "
-            f"FPS: ours on {results['device']}, paper on {PAPER_DEVICE}.")  # fmt: skip
-    ax.legend(handles, labels, loc="lower left", fontsize=8, framealpha=0.9)
+    ours = (f"ours = AP on {_eval_set(results)} (right axis, colour)" if with_ap
+            else "ours: FPS only, no AP measured (dotted lines)")  # fmt: skip
+    note = ("Paper AP = COCO test-dev (left axis, black/grey); " + ours + ".\nDifferent datasets: "
+            "the AP values are NOT comparable. FPS: ours on " + results["device"] +
+            f", paper on {PAPER_DEVICE}.")  # fmt: skip
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.09 if with_ap else 1.01, 1.0),
+              fontsize=8, title=f"AP: paper = COCO test-dev;\nours = {_eval_set(results)}",
+              title_fontsize=8)  # fmt: skip
     ax.set_title(f"M2Det FPS vs AP: ours on {results['device']} vs the paper ({PAPER_DEVICE})",
                  fontsize=11)  # fmt: skip
     fig.text(0.01, -0.01, note, fontsize=8.5, va="top", ha="left")
@@ -145,8 +152,7 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
 
 
 def _eval_set(results: dict[str, Any]) -> str:
-    ann = results["settings"].get("ann")
-    return f"AP on {Path(ann).name} ({results['settings'].get('images')})" if ann else "no AP"
+    return str(results["settings"].get("eval_set") or "no AP measured")
 
 
 def plot_latency(results: dict[str, Any], png: str | Path) -> list[Path]:
