@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 calibration images (default: --images, else synthetic shapes)")
     a.add_argument("--calib-count", type=int, default=16, metavar="N")
     a.add_argument("--calib-method", default="entropy", choices=("entropy", "max", "percentile"))
+    a.add_argument("--qdq-placement", default="auto", choices=("auto", "cpu", "tensorrt"),
+                   help="INT8 Q/DQ placement; auto: cpu (ONNX Runtime fuses QLinearConv) on a "
+                        "CPU, tensorrt when TensorRT or CUDA runs it")  # fmt: skip
     a.add_argument("--work", type=Path, metavar="DIR",
                    help="keep exported files here (default: a temporary folder)")
     a.add_argument("--seed", type=int, default=0, help="seed of random weights")
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="different images the iterations rotate through")
     m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime")
     m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset")
+    m.add_argument("--score-threshold", type=float, metavar="F",
+                   help="override the preset's score threshold")
     e = p.add_argument_group("accuracy (COCO AP, as m2det-eval)")
     e.add_argument("--ann", type=Path, help="COCO-format annotation JSON")
     e.add_argument("--images", type=Path, help="folder of the annotated images")
@@ -93,7 +98,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     s = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                       protocol=args.protocol, nms=args.nms, threads=args.threads, ann=args.ann,
                       images=args.images, limit=args.limit, pool=args.pool,
-                      progress=not args.quiet)  # fmt: skip
+                      progress=not args.quiet,
+                      nms_overrides={"score_threshold": args.score_threshold})  # fmt: skip
     s.check()
     return s
 
@@ -109,13 +115,11 @@ def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
 def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSettings) -> Variant:
     """The one variant of an ``--onnx`` file or ``--engine`` plan (config read from the file)."""
     from engines.registry import load_runner
-    from m2det.nms import get_nms_params
 
     if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
         raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints: an ONNX "
                          "file or plan has one backend and precision")  # fmt: skip
-    runner = load_runner(path, config=args.config, nms=get_nms_params(settings.nms),
-                         device=args.device)  # fmt: skip
+    runner = load_runner(path, config=args.config, nms=settings.nms_params(), device=args.device)
     return Variant(path, runner.backend, runner.precision, runner.config.name,
                    runner.input_size, "given", str(path), args.device)  # fmt: skip
 
@@ -163,13 +167,16 @@ def _bench(argv: Sequence[str] | None) -> int:
         results = harness.run_benchmark([variant], settings, command)
         return _report(results, args)
     plan = VariantPlan(backends=args.backends, precisions=_precisions(args), device=args.device,
-                       max_batch=max(settings.batches), calib_method=args.calib_method)
+                       max_batch=max(settings.batches), calib_method=args.calib_method,
+                       qdq_placement=args.qdq_placement)  # fmt: skip
     plan.check()
     with tempfile.TemporaryDirectory(prefix="m2det-bench-") as tmp:
         work = args.work or Path(tmp)
         sources, notes = _checkpoints(args, work)
         if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
             plan.calib_images = _calibration_images(args)
+            notes.append(f"INT8: ModelOpt {args.calib_method} calibration on "
+                         f"{len(plan.calib_images)} images, Q/DQ placement {plan.placement}")
         variants, skipped = [], []
         for ckpt, weights in sources:
             made, why = harness.make_variants(ckpt, weights, plan, work)

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.cli import int_list
-from benchmarks.harness import BenchSettings, Variant, VariantPlan
+from benchmarks.harness import BenchSettings, VariantPlan
 from engines.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_bytes, atomic_write_json
@@ -30,6 +30,7 @@ from m2det.io import atomic_write_bytes, atomic_write_json
 PROG = "m2det-demo"
 #: The val set used when a checkpoint's sidecar records none (m2det-shapes defaults).
 DEFAULT_VAL = {"seed": 0, "size": 160}
+DEFAULT_VAL_IMAGES = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results folder (JSON, table, plots)")
     p.add_argument("--work", type=Path, help="cache folder: val set, ONNX files (default OUT/work)")
     p.add_argument("--ckpt", type=Path, help="checkpoint (default: the bundled m2det_tiny model)")
-    p.add_argument("--val", type=int, default=100, metavar="N", help="val images evaluated")
+    p.add_argument("--val", type=int, metavar="N",
+                   help="val images evaluated (default: the checkpoint's recorded val set, else "
+                        f"{DEFAULT_VAL_IMAGES})")  # fmt: skip
     p.add_argument("--calib-count", type=int, default=32, metavar="N",
                    help="train-split images for INT8 calibration")
     p.add_argument("--batch", type=int_list, default=(1, 8), metavar="N,N",
@@ -52,10 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclasses.dataclass(frozen=True)
 class ValSpec:
-    """How to regenerate a shapes val set: ``m2det.shapes.generate(seed=, size=)``'s val split."""
+    """The val set and NMS a checkpoint was evaluated with (its JSON sidecar ``<ckpt>.json``):
+    ``m2det.shapes.generate(seed=, size=)``'s first ``images`` val images, NMS ``official`` preset
+    with ``nms`` overrides; ``recorded``: the AP/AP50/AP75 the sidecar reports (or None)."""
 
     seed: int
     size: int
+    images: int | None
+    nms: dict[str, Any]
+    recorded: dict[str, float] | None
     source: str
 
     def matches(self, folder: Path, val: int, train: int) -> bool:
@@ -69,17 +77,21 @@ class ValSpec:
 
 
 def read_val_spec(ckpt: Path) -> ValSpec:
-    """The val set recorded in the checkpoint's JSON sidecar (``<ckpt>.json``): the mapping that
-    has ``seed`` and ``size`` under ``val_set``/``data``/``dataset``/``shapes``; else the
-    ``m2det-shapes`` defaults."""
+    """The sidecar's ``val_set`` ({seed, size, images}), ``nms`` and ``val`` metrics; the
+    ``m2det-shapes`` defaults when there is no sidecar."""
     sidecar = ckpt.with_suffix(".json")
-    if sidecar.is_file():
+    if not sidecar.is_file():
+        return ValSpec(DEFAULT_VAL["seed"], DEFAULT_VAL["size"], None, {}, None,
+                       "m2det-shapes defaults (no sidecar)")  # fmt: skip
+    try:
         meta = json.loads(sidecar.read_text())
-        for key in ("val_set", "data", "dataset", "shapes"):
-            spec = meta.get(key) if isinstance(meta, dict) else None
-            if isinstance(spec, dict) and "seed" in spec and "size" in spec:
-                return ValSpec(int(spec["seed"]), int(spec["size"]), f"{sidecar.name}:{key}")
-    return ValSpec(DEFAULT_VAL["seed"], DEFAULT_VAL["size"], "m2det-shapes defaults")
+        spec = meta["val_set"]
+        val = meta.get("val")
+        recorded = {k: float(val[k]) for k in ("AP", "AP50", "AP75")} if val else None
+        return ValSpec(int(spec["seed"]), int(spec["size"]), spec.get("images"),
+                       dict(meta.get("nms") or {}), recorded, str(sidecar))  # fmt: skip
+    except (ValueError, KeyError, TypeError) as e:
+        raise M2DetError(f"{sidecar}: no usable val_set record ({type(e).__name__}: {e})") from None
 
 
 def regenerate(spec: ValSpec, folder: Path, val: int, train: int) -> dict[str, Path]:
@@ -99,30 +111,24 @@ def regenerate(spec: ValSpec, folder: Path, val: int, train: int) -> dict[str, P
     return paths
 
 
-def accelerated_variants(cpu: Sequence[Variant], max_batch: int) -> list[Variant]:
-    """CUDA rows where the machine has CUDA: torch and ONNX Runtime's CUDA provider on the same
-    artifacts, TensorRT plans of the ONNX files where TensorRT is installed."""
+def cuda_plan(cpu: VariantPlan) -> VariantPlan | None:
+    """The CUDA rows where the machine has CUDA: torch (FP32, FP16 autocast), ONNX Runtime's CUDA
+    provider where installed, TensorRT plans where TensorRT is (INT8 with TensorRT's Q/DQ
+    placement); None without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
-        return []
-    out = [dataclasses.replace(v, device="cuda") for v in cpu if v.backend == "torch"]
-    out += [dataclasses.replace(v, device="cuda", precision="fp16") for v in cpu
-            if v.backend == "torch" and v.precision == "fp32"]  # fmt: skip
+        return None
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        out += [dataclasses.replace(v, device="cuda") for v in cpu if v.backend == "onnxruntime"]
     from export.precision import tensorrt_usable
 
+    backends = ["torch"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        backends.append("onnxruntime")
     if tensorrt_usable():
-        for v in cpu:
-            if v.backend == "onnxruntime":
-                print(f"[demo] building the TensorRT plan of {v.artifact.name} ...")
-                plan = harness.build_plan(v.artifact, max_batch)
-                out.append(dataclasses.replace(v, artifact=plan, backend="tensorrt",
-                                               device="cuda"))  # fmt: skip
-    return out
+        backends.append("tensorrt")
+    return dataclasses.replace(cpu, backends=tuple(backends), device="cuda")
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
@@ -148,37 +154,50 @@ def _demo(argv: Sequence[str] | None) -> int:
     from m2det.checkpoint import read_checkpoint, resolve_config
 
     args = build_parser().parse_args(argv)
-    if args.val < 1 or args.calib_count < 1:
-        raise M2DetError("--val and --calib-count must be >= 1")
     out: Path = args.out
     work: Path = args.work or out / "work"
     ckpt = args.ckpt or default_checkpoint()
     cfg = resolve_config(read_checkpoint(ckpt), None, str(ckpt))
+    spec = read_val_spec(ckpt)
+    val = args.val or spec.images or DEFAULT_VAL_IMAGES
+    if val < 1 or args.calib_count < 1:
+        raise M2DetError("--val and --calib-count must be >= 1")
     print(f"[demo] 1/5 checkpoint {ckpt} (config {cfg.name}, {cfg.input_size} px input)")
     print("[demo] 2/5 data")
-    data = regenerate(read_val_spec(ckpt), work / "shapes", args.val, args.calib_count)
+    data = regenerate(spec, work / "shapes", val, args.calib_count)
     settings = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                              threads=args.threads, ann=data["val_json"],
-                             images=data["val_images"], limit=args.val, pool=16,
-                             progress=not args.quiet,
-                             eval_name=f"synthetic shapes val ({args.val} images)")  # fmt: skip
+                             images=data["val_images"], limit=val, pool=16,
+                             progress=not args.quiet, nms_overrides=spec.nms,
+                             eval_name=f"synthetic shapes val ({val} images)")  # fmt: skip
     settings.check()
     print("[demo] 3/5 exporting FP32 / FP16 / INT8 ONNX")
     plan = VariantPlan(backends=("torch", "onnxruntime"), precisions=harness.PRECISIONS,
                        max_batch=max(args.batch),
                        calib_images=harness.folder_pool(data["train_images"], args.calib_count))
-    variants, skipped = harness.make_variants(ckpt, harness.checkpoint_weights(ckpt), plan,
-                                              work / "onnx")  # fmt: skip
-    variants += accelerated_variants(variants, max(args.batch))
+    weights = harness.checkpoint_weights(ckpt)
+    variants, skipped = harness.make_variants(ckpt, weights, plan, work / "onnx")
+    gpu = cuda_plan(plan)
+    if gpu is not None:
+        print(f"[demo] CUDA found: adding {', '.join(gpu.backends)} rows")
+        more, _ = harness.make_variants(ckpt, weights, gpu, work / "onnx-cuda")
+        variants += more
     names = ", ".join(f"{v.backend} {v.precision} ({v.device})" for v in variants)
-    print(f"[demo] 4/5 measuring AP on {args.val} val images and latency at batch "
+    print(f"[demo] 4/5 measuring AP on {val} val images and latency at batch "
           f"{', '.join(map(str, args.batch))}: {names}")  # fmt: skip
+    notes = [f"AP on the synthetic shapes val set regenerated from {spec.source} (seed "
+             f"{spec.seed}, {spec.size} px, {val} images), not COCO",
+             f"INT8: ModelOpt entropy calibration on {args.calib_count} train-split images, Q/DQ "
+             f"placement {plan.placement}"]  # fmt: skip
+    if spec.recorded:
+        notes.append("AP the checkpoint records for this val set (training run, torch): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in spec.recorded.items()))
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]
-    results = harness.run_benchmark(variants, settings, command, skipped,
-                                    notes=[f"AP on the regenerated synthetic shapes val set "
-                                           f"({args.val} images), not COCO"])  # fmt: skip
+    results = harness.run_benchmark(variants, settings, command, skipped, notes)
     print(f"[demo] 5/5 results on {results['device']}:")
     print(harness.format_table(results))
+    for note in results["notes"]:
+        print(f"note: {note}")
     for path in write_outputs(results, out):
         print(f"wrote {path}")
     return 0

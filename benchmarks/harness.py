@@ -98,6 +98,13 @@ class BenchSettings:
     pool: int = 16
     progress: bool = True
     eval_name: str | None = None
+    nms_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def nms_params(self) -> Any:
+        """The ``NMSParams`` of preset ``nms`` with ``nms_overrides`` applied."""
+        from m2det.nms import get_nms_params
+
+        return get_nms_params(self.nms, **self.nms_overrides)
 
     @property
     def eval_label(self) -> str | None:
@@ -108,8 +115,6 @@ class BenchSettings:
 
     def check(self) -> None:
         """M2DetError for settings no measurement can use."""
-        from m2det.nms import get_nms_params
-
         if self.protocol not in PROTOCOLS:
             raise M2DetError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
         if not self.batches or min(self.batches) < 1:
@@ -128,7 +133,7 @@ class BenchSettings:
             raise M2DetError("an annotation file needs its image folder (--images DIR)")
         if self.images is not None and not Path(self.images).is_dir():
             raise M2DetError(f"image folder not found: {self.images}")
-        get_nms_params(self.nms)
+        self.nms_params()
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -309,9 +314,8 @@ def accuracy(runner: Runner, ann: Path, images: Path, limit: int | None,
 def open_runner(variant: Variant, settings: BenchSettings) -> Runner:
     """The runner for ``variant`` (registry dispatch by suffix), NMS and threads from settings."""
     from engines.registry import load_runner
-    from m2det.nms import get_nms_params
 
-    nms = get_nms_params(settings.nms)
+    nms = settings.nms_params()
     kw: dict[str, Any] = {}
     if variant.backend == "onnxruntime" and settings.threads:
         kw["threads"] = settings.threads
@@ -367,6 +371,16 @@ class VariantPlan:
     max_batch: int = 1
     calib_images: list[np.ndarray] = field(default_factory=list)
     calib_method: str = "entropy"
+    qdq_placement: str = "auto"
+
+    @property
+    def placement(self) -> str:
+        """The INT8 Q/DQ placement: "auto" is "tensorrt" when TensorRT runs the INT8 file, else
+        "cpu" on a CPU (ONNX Runtime fuses QLinearConv) and "tensorrt" on CUDA."""
+        if self.qdq_placement != "auto":
+            return self.qdq_placement
+        cpu = not self.device.startswith("cuda")
+        return "cpu" if cpu and "tensorrt" not in self.backends else "tensorrt"
 
     def check(self) -> None:
         bad = [b for b in self.backends if b not in BACKENDS]
@@ -377,6 +391,9 @@ class VariantPlan:
             raise M2DetError(f"unknown precision {bad[0]!r}; valid: {', '.join(PRECISIONS)}")
         if not self.backends or not self.precisions:
             raise M2DetError("need at least one backend and one precision")
+        if self.qdq_placement not in ("auto", "cpu", "tensorrt"):
+            raise M2DetError(f"unknown Q/DQ placement {self.qdq_placement!r}; valid: auto, cpu, "
+                             "tensorrt")  # fmt: skip
         if "tensorrt" in self.backends:
             from engines.build import require_tensorrt
 
@@ -452,10 +469,12 @@ def _quiet() -> Iterator[None]:
 
 def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
                 calibration: np.ndarray | None, calib_method: str = "entropy",
-                log: Any = print) -> dict[str, Path]:
+                placement: str = "tensorrt", log: Any = print) -> dict[str, Path]:
     """``ckpt`` -> ``out_dir/<config>[_fp16|_int8].onnx`` (dynamic batch, raw graph) for each of
     ``precisions`` with the ``export`` package: FP32 by the raw export, FP16 by AutoCast and INT8
-    by ModelOpt PTQ, both from the FP32 file. ``calibration``: [N,3,S,S] float32 images (INT8)."""
+    by ModelOpt PTQ, both from the FP32 file. ``calibration``: [N,3,S,S] float32 images (INT8);
+    ``placement``: INT8 Q/DQ placement (``export.precision.PLACEMENTS``: "cpu" lets ONNX Runtime
+    fuse QLinearConv, "tensorrt" is what TensorRT fuses)."""
     import onnx
 
     from export import precision as prec
@@ -481,7 +500,7 @@ def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
             elif calibration is None:
                 raise M2DetError("INT8 export needs calibration images")
             else:
-                model = prec.to_int8(fp32, calibration, calib_method)
+                model = prec.to_int8(fp32, calibration, calib_method, placement)
         set_metadata(model, cfg, precision, "raw", None)
         onnx.checker.check_model(model)
         save_model(model, path)
@@ -519,7 +538,8 @@ def make_variants(ckpt: Path, weights: str, plan: VariantPlan, work: Path,
     onnx_files: dict[str, Path] = {}
     if onnx_precisions:
         calibration = _calibration(plan, cfg.input_size) if "int8" in onnx_precisions else None
-        onnx_files = export_onnx(ckpt, onnx_precisions, work, calibration, plan.calib_method, log)
+        onnx_files = export_onnx(ckpt, onnx_precisions, work, calibration, plan.calib_method,
+                                 plan.placement, log)  # fmt: skip
     variants = []
     for backend, precision in wanted:
         artifact = ckpt if backend == "torch" else onnx_files[precision]
@@ -646,6 +666,7 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, command:
         "schema": "m2det-bench/1", **env,
         "settings": {"protocol": settings.protocol, "batches": list(settings.batches),
                      "iters": settings.iters, "warmup": settings.warmup, "nms": settings.nms,
+                     "nms_params": settings.nms_params().attributes(),
                      "pool": len(pool), "pool_images": pool_desc,
                      "ann": None if settings.ann is None else str(settings.ann),
                      "images": None if settings.images is None else str(settings.images),

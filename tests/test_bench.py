@@ -17,6 +17,7 @@ from engines.base import Runner, Timing
 from engines.cli import eval_main
 from m2det.config import get_config
 from m2det.detections import Detections
+from m2det.errors import M2DetError
 from m2det.nms import get_nms_params
 
 SCHEMA = json.loads((Path(harness.__file__).parent / "schema.json").read_text())
@@ -155,3 +156,39 @@ def test_bad_inputs_one_line_exit_2(args: list[str], message: str, tiny_ckpt: Pa
     err = capsys.readouterr().err
     assert err.startswith("m2det-bench: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_demo_reads_the_checkpoint_sidecar(tmp_path: Path) -> None:
+    from benchmarks.demo import read_val_spec
+
+    ckpt = tmp_path / "m.pth"
+    assert read_val_spec(ckpt).source.startswith("m2det-shapes defaults")
+    ckpt.with_suffix(".json").write_text(json.dumps({
+        "val_set": {"seed": 7, "size": 128, "images": 40, "batch": 8},
+        "nms": {"score_threshold": 0.05}, "val": {"AP": 0.5, "AP50": 0.8, "AP75": 0.55}}))
+    spec = read_val_spec(ckpt)
+    assert (spec.seed, spec.size, spec.images, spec.nms) == (7, 128, 40, {"score_threshold": 0.05})
+    assert spec.recorded == {"AP": 0.5, "AP50": 0.8, "AP75": 0.55}
+    ckpt.with_suffix(".json").write_text(json.dumps({"val": {}}))
+    with pytest.raises(M2DetError, match="no usable val_set"):
+        read_val_spec(ckpt)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from benchmarks.demo import main as demo_main
+
+    out = tmp_path / "out"
+    assert demo_main(["--ckpt", str(tiny_ckpt), "--val", "2", "--calib-count", "2", "--iters", "1",
+                      "--warmup", "0", "--batch", "1", "--threads", "1", "--out", str(out),
+                      "--work", str(tmp_path / "work"), "--quiet"]) == 0  # fmt: skip
+    results = json.loads((out / "demo.json").read_text())
+    jsonschema.validate(results, SCHEMA)
+    assert [(r["backend"], r["precision"]) for r in results["rows"]] == [
+        ("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+        ("onnxruntime", "int8")]
+    assert all(r["accuracy"]["num_images"] == 2 for r in results["rows"])
+    assert "| onnxruntime | int8 | 160 | 1 |" in (out / "demo_table.md").read_text()
+    for name in ("demo.png", "demo_latency.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert (out / name).with_suffix(".svg").is_file()
