@@ -110,23 +110,61 @@ def test_fp16_file_runs_in_ort_within_tolerance(raw_path: Path, tmp_path: Path) 
     assert parity.worst > 0  # it really is a different (reduced-precision) graph
 
 
+@pytest.fixture(scope="module")
+def calib(calib_dir: Path) -> np.ndarray:
+    images = load_calibration_images(calib_dir, 160, count=8)
+    assert images.shape == (4, 3, 160, 160)  # the .txt file is skipped
+    return images
+
+
+@pytest.fixture(scope="module")
+def int8_max(raw_path: Path, calib: np.ndarray) -> onnx.ModelProto:
+    return precision.to_int8(raw_path, calib, "max")
+
+
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """Scalar (per-tensor, i.e. activation) QuantizeLinear scales by initializer name."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.input[1]: float(onnx.numpy_helper.to_array(inits[n.input[1]]))
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and not inits[n.input[1]].dims}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_int8_file_has_qdq_keeps_postprocess_float_and_runs(raw_path: Path, calib_dir: Path,
+def test_int8_file_has_qdq_keeps_postprocess_float_and_runs(raw_path: Path, calib: np.ndarray,
+                                                           int8_max: onnx.ModelProto,
                                                            tmp_path: Path) -> None:
-    calib = load_calibration_images(calib_dir, 160, count=8)
-    assert calib.shape == (4, 3, 160, 160)  # the .txt file is skipped
-    model = precision.to_int8(raw_path, calib, "max")
-    check_model(model)
-    q, dq = precision.count_qdq(model)
+    check_model(int8_max)
+    q, dq = precision.count_qdq(int8_max)
     assert q > 10 and dq > 10
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.name in postprocess_nodes(model):
+    producers = {o: n.op_type for n in int8_max.graph.node for o in n.output}
+    for node in int8_max.graph.node:
+        if node.name in postprocess_nodes(int8_max):
             assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
     path = tmp_path / "int8.onnx"
-    save_model(model, path)
+    save_model(int8_max, path)
     parity = compare_onnx(path, raw_path, [calib[:2]])
     assert 0 < parity.scores_max < 0.05 and parity.boxes_max < 0.05, parity.line()
+
+
+@pytest.mark.slow
+def test_int8_percentile_and_cpu_placement(raw_path: Path, calib: np.ndarray,
+                                           int8_max: onnx.ModelProto) -> None:
+    model = precision.to_int8(raw_path, calib, "percentile", placement="cpu")
+    check_model(model)
+    # cpu placement also quantizes the Conv outputs
+    convs = {n.output[0] for n in model.graph.node if n.op_type == "Conv"}
+    q_on_conv = sum(n.op_type == "QuantizeLinear" and n.input[0] in convs for n in model.graph.node)
+    assert q_on_conv >= len(convs) // 2
+    assert precision.count_qdq(model)[0] > precision.count_qdq(int8_max)[0]
+    # percentile ranges replaced ModelOpt's: never wider than max, narrower for most tensors
+    pct, mx = _activation_scales(model), _activation_scales(int8_max)
+    shared = sorted(set(pct) & set(mx))
+    assert len(shared) > 10
+    assert all(pct[k] <= mx[k] * 1.001 for k in shared)
+    assert sum(pct[k] < mx[k] * 0.999 for k in shared) > len(shared) // 2
+    with pytest.raises(M2DetError, match="placement"):
+        precision.to_int8(raw_path, calib, "max", placement="gpu")
 
 
 def test_calibration_cache_is_what_modelopt_reads(tmp_path: Path) -> None:
