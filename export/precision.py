@@ -104,8 +104,12 @@ def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
     the ORT calibrator can observe, over ``calibration`` [N,3,S,S] fed one image at a time."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
+    graph = onnx.load(str(raw_path), load_external_data=False).graph
+    # every node: ORT reads this list as op types, ModelOpt's patch of ORT (active once ModelOpt
+    # has quantized in this process) as node names, so it holds both
+    every_node = [n.name for n in graph.node] + sorted({n.op_type for n in graph.node})
     calibrator = create_calibrator(
-        Path(raw_path), augmented_model_path=os.path.join(workdir, "augmented.onnx"),
+        Path(raw_path), every_node, augmented_model_path=os.path.join(workdir, "augmented.onnx"),
         calibrate_method=CalibrationMethod.Percentile,
         extra_options={"percentile": PERCENTILE, "symmetric": True, "num_bins": 2048},
     )  # fmt: skip
