@@ -130,7 +130,6 @@ def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
             if n.op_type == "QuantizeLinear" and not inits[n.input[1]].dims}  # fmt: skip
 
 
-@pytest.mark.slow
 def test_int8_file_has_qdq_keeps_postprocess_float_and_runs(raw_path: Path, calib: np.ndarray,
                                                            int8_max: onnx.ModelProto,
                                                            tmp_path: Path) -> None:
@@ -147,7 +146,6 @@ def test_int8_file_has_qdq_keeps_postprocess_float_and_runs(raw_path: Path, cali
     assert 0 < parity.scores_max < 0.05 and parity.boxes_max < 0.05, parity.line()
 
 
-@pytest.mark.slow
 def test_int8_percentile_and_cpu_placement(raw_path: Path, calib: np.ndarray,
                                            int8_max: onnx.ModelProto) -> None:
     model = precision.to_int8(raw_path, calib, "percentile", placement="cpu")
@@ -281,7 +279,6 @@ def test_onnx_hard_nms_refuses_what_it_cannot_do() -> None:
                                                    max_detections=10))  # fmt: skip
 
 
-@pytest.mark.slow
 def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
