@@ -177,11 +177,12 @@ def make_pool(settings: BenchSettings) -> tuple[list[np.ndarray], str]:
 
 
 # ----------------------------------------------------------------------------- memory
-def _vm_hwm_mb() -> float | None:
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (``VmHWM``: peak RSS, ``VmRSS``: current) in MB."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -195,7 +196,7 @@ def _reset_host_peak() -> bool:
             f.write("5")
     except OSError:
         return False
-    return _vm_hwm_mb() is not None
+    return _proc_status_mb("VmHWM") is not None
 
 
 def _ru_maxrss_mb() -> float:
@@ -205,18 +206,22 @@ def _ru_maxrss_mb() -> float:
 
 @dataclass
 class PeakMemory:
-    """Host peak RSS (MB) and device peak (MB, torch's CUDA allocator; None on CPU) of a block."""
+    """Host peak RSS (MB; ``host_start_mb``: the RSS when the block began, so the block's own
+    growth is the difference) and device peak (MB, torch's CUDA allocator; None on CPU)."""
 
     host_mb: float | None = None
+    host_start_mb: float | None = None
     host_scope: str = "variant"
     device_mb: float | None = None
     device_method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        r = None if self.host_mb is None else round(self.host_mb, 1)
-        d = None if self.device_mb is None else round(self.device_mb, 1)
-        return {"host_peak_rss_mb": r, "host_peak_scope": self.host_scope,
-                "device_peak_mb": d, "device_method": self.device_method}  # fmt: skip
+        def mb(v: float | None) -> float | None:
+            return None if v is None else round(v, 1)
+
+        return {"host_peak_rss_mb": mb(self.host_mb), "host_rss_start_mb": mb(self.host_start_mb),
+                "host_peak_scope": self.host_scope, "device_peak_mb": mb(self.device_mb),
+                "device_method": self.device_method}  # fmt: skip
 
 
 @contextmanager
@@ -226,12 +231,13 @@ def peak_memory(device: str) -> Iterator[PeakMemory]:
 
     mem = PeakMemory()
     scoped = _reset_host_peak()
+    mem.host_start_mb = _proc_status_mb("VmRSS")
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     yield mem
-    hwm = _vm_hwm_mb() if scoped else None
+    hwm = _proc_status_mb("VmHWM") if scoped else None
     mem.host_mb, mem.host_scope = (hwm, "variant") if hwm is not None else (_ru_maxrss_mb(),
                                                                             "process")
     if cuda:
@@ -681,16 +687,19 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table of the rows: backend, precision, size, batch, p50 ms, FPS, AP, AP50."""
+    """A Markdown table of the rows: backend, precision, size, batch, p50 latencies, FPS (end to
+    end and network + NMS), peak host RSS, AP, AP50."""
     head = ["backend", "precision", "size", "batch", "weights", "pre p50 ms", "net p50 ms",
-            "nms p50 ms", "total p50 ms", "FPS (img/s)", "FPS net+NMS", "AP", "AP50"]
+            "nms p50 ms", "total p50 ms", "FPS (img/s)", "FPS net+NMS", "peak RSS MB", "AP",
+            "AP50"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results["rows"]:
         lat, acc = r["latency_ms"], r["accuracy"] or {}
         cells = [r["backend"], r["precision"], str(r["input_size"]), str(r["batch"]),
                  r["weights"], _fmt(lat["preprocess"]["p50"], 2), _fmt(lat["network"]["p50"]),
                  _fmt(lat["nms"]["p50"], 2), _fmt(lat["total"]["p50"]), _fmt(r["fps"], 2),
-                 _fmt(r["fps_network_nms"], 2), _fmt(acc.get("AP"), 3),
+                 _fmt(r["fps_network_nms"], 2), _fmt(r["host_peak_rss_mb"], 0),
+                 _fmt(acc.get("AP"), 3),
                  _fmt(acc.get("AP50"), 3)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
