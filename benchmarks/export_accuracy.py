@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--note", default="", help="free text recorded in the results (e.g. weights)")
     args = p.parse_args(argv)
-    result: dict[str, Any] = {"machine": _machine()}
+    result: dict[str, Any] = {"machine": _machine(), **({"note": args.note} if args.note else {})}
     with tempfile.TemporaryDirectory(prefix="m2det-export-bench-") as tmp:
         work = Path(tmp)
         if not args.skip_accuracy:
