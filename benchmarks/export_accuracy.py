@@ -104,7 +104,7 @@ def _latency(path: str, size: int, threads: int | None, iters: int,
 
 def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """ORT CPU latency (batch 1) of the FP32 raw graph of ``args.latency_config`` and of its INT8
-    files with both Q/DQ placements (``tensorrt``: ModelOpt's default; ``cpu``: + Conv outputs)."""
+    files from every recipe of ``export.precision.PLACEMENTS``."""
     import torch
 
     from m2det.checkpoint import save_model as save_checkpoint
@@ -121,11 +121,14 @@ def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     ckpt.unlink()
     files = {"fp32": summary["files"]["fp32"]["path"],
              "int8_tensorrt": summary["files"]["int8"]["path"],
-             "int8_cpu": str(work / "big" / f"{cfg.name}_b1_int8_cpu.onnx")}  # fmt: skip
+             "int8_cpu": str(work / "big" / f"{cfg.name}_b1_int8_cpu.onnx"),
+             "int8_onnxruntime": str(work / "big" / f"{cfg.name}_b1_int8_ort.onnx")}  # fmt: skip
     images = load_calibration_images(calib, cfg.input_size, 8)
-    t0 = time.perf_counter()
-    save_model(to_int8(files["fp32"], images, "max", placement="cpu"), files["int8_cpu"])
-    print(f"  int8 (cpu placement) in {time.perf_counter() - t0:.0f} s", flush=True)
+    for placement in ("cpu", "onnxruntime"):
+        t0 = time.perf_counter()
+        path = files[f"int8_{placement}"]
+        save_model(to_int8(files["fp32"], images, "max", placement=placement), path)
+        print(f"  int8 ({placement} placement) in {time.perf_counter() - t0:.0f} s", flush=True)
     rows: dict[str, list[dict[str, float]]] = {}
     # interleave the measurements so every file sees the same machine load
     for rnd in range(args.rounds):
@@ -135,7 +138,7 @@ def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  round {rnd} {key}: median {r['median_ms']:.1f} ms", flush=True)
     best = {k: min(v, key=lambda r: r["median_ms"]) for k, v in rows.items()}
     speedups = {k: round(best["fp32"]["median_ms"] / best[k]["median_ms"], 3)
-                for k in ("int8_tensorrt", "int8_cpu")}  # fmt: skip
+                for k in files if k != "fp32"}  # fmt: skip
     speedup = max(speedups.values())
     return {"config": cfg.name, "weights": "random (speed does not depend on the values)",
             "batch": 1, "threads": args.threads or "onnxruntime default",

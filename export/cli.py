@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     q.add_argument("--qdq-placement", choices=precision.PLACEMENTS, default="tensorrt",
                    help="tensorrt: ModelOpt's placement (Q/DQ on inputs of weighted ops); cpu: "
-                        "also on Conv outputs, so ONNX Runtime can fuse QLinearConv")
+                        "also on Conv outputs, so ONNX Runtime can fuse QLinearConv; "
+                        "onnxruntime: ONNX Runtime's quantize_static (uint8 activations) "
+                        "instead of ModelOpt")
     n = p.add_argument_group("NMS graph")
     n.add_argument("--nms", choices=NMS_CHOICES, default="none",
                    help="none: raw graphs only; soft (official linear soft-NMS) / hard: plugin "

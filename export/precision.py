@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -62,9 +63,11 @@ def to_fp16(raw_path: str | Path) -> onnx.ModelProto:
         )  # fmt: skip
 
 
-#: Q/DQ placements: ModelOpt's TensorRT one (inputs of weighted ops), or that plus the Conv
-#: outputs, which ONNX Runtime's CPU EP needs to fuse DQ->Conv->Q into QLinearConv.
-PLACEMENTS = ("tensorrt", "cpu")
+#: INT8 recipes: ``tensorrt`` ModelOpt's placement (Q/DQ on the inputs of weighted ops);
+#: ``cpu`` that plus the Conv outputs (ONNX Runtime's CPU EP fuses DQ->Conv->Q into QLinearConv);
+#: ``onnxruntime`` ONNX Runtime's own ``quantize_static`` (uint8 asymmetric activations, so ORT
+#: can also drop the ReLUs and fuse every Conv) instead of ModelOpt.
+PLACEMENTS = ("tensorrt", "cpu", "onnxruntime")
 
 
 def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entropy",
@@ -81,6 +84,8 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entrop
         raise M2DetError(f"unknown calibration method {method!r}; valid: {valid}")
     if placement not in PLACEMENTS:
         raise M2DetError(f"unknown Q/DQ placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
+    if placement == "onnxruntime":
+        return _ort_int8(raw_path, calibration, method)
     extra = {"op_types_needing_output_quant": ["Conv"]} if placement == "cpu" else {}
     with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp, _modelopt_quiet():
         out = os.path.join(tmp, "int8.onnx")
@@ -98,6 +103,36 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entrop
         return onnx.load(out)
 
 
+def _every_node(graph: onnx.GraphProto) -> list[str]:
+    """Every node's name and op type: ORT reads ``op_types_to_calibrate`` as op types, ModelOpt's
+    patch of ORT (active once ModelOpt has quantized in this process) as node names."""
+    return [n.name for n in graph.node] + sorted({n.op_type for n in graph.node})
+
+
+def _ort_int8(raw_path: str | Path, calibration: np.ndarray, method: str) -> onnx.ModelProto:
+    """ONNX Runtime's ``quantize_static``: QDQ, per-channel int8 weights, uint8 asymmetric
+    activations; ``method`` maps to ORT's Entropy/MinMax/Percentile. The detection head (its convs
+    and the flatten/concat, ``/model/head/*``) is excluded with the post-processing: ORT quantizes
+    every quantized op's output, which would put the box offsets and logits through 8 bits before
+    the decode and the softmax."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(raw_path), load_external_data=False).graph
+    keep_float = [n.name for n in graph.node
+                  if re.match(POSTPROCESS_PATTERN, n.name) or n.name.startswith("/model/head/")]
+    calibrate = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
+                 "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp:
+        out = os.path.join(tmp, "int8.onnx")
+        quantize_static(
+            str(raw_path), out, _Reader(calibration), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=_every_node(graph), nodes_to_exclude=keep_float, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=calibrate, extra_options={"CalibPercentile": PERCENTILE},
+        )  # fmt: skip
+        return onnx.load(out)
+
+
 def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
                       workdir: str) -> dict[str, float]:
     """Per-tensor symmetric range (the :data:`PERCENTILE` percentile of |x|) of every float tensor
@@ -105,11 +140,9 @@ def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     graph = onnx.load(str(raw_path), load_external_data=False).graph
-    # every node: ORT reads this list as op types, ModelOpt's patch of ORT (active once ModelOpt
-    # has quantized in this process) as node names, so it holds both
-    every_node = [n.name for n in graph.node] + sorted({n.op_type for n in graph.node})
     calibrator = create_calibrator(
-        Path(raw_path), every_node, augmented_model_path=os.path.join(workdir, "augmented.onnx"),
+        Path(raw_path), _every_node(graph),
+        augmented_model_path=os.path.join(workdir, "augmented.onnx"),
         calibrate_method=CalibrationMethod.Percentile,
         extra_options={"percentile": PERCENTILE, "symmetric": True, "num_bins": 2048},
     )  # fmt: skip

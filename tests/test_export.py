@@ -165,6 +165,30 @@ def test_int8_percentile_and_cpu_placement(raw_path: Path, calib: np.ndarray,
         precision.to_int8(raw_path, calib, "max", placement="gpu")
 
 
+def test_int8_onnxruntime_recipe_fuses_convs_and_keeps_head_float(raw_path: Path,
+                                                                  calib: np.ndarray,
+                                                                  tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = precision.to_int8(raw_path, calib, "entropy", placement="onnxruntime")
+    check_model(model)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:  # decode/softmax inputs and the head's outputs stay float
+        if node.name in postprocess_nodes(model) or node.op_type in ("Reshape", "Concat") \
+                and node.name.startswith("/model/head/"):
+            assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
+    path = tmp_path / "int8_ort.onnx"
+    save_model(model, path)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    convs = sum(n.op_type == "Conv" for n in model.graph.node)
+    assert ops.count("QLinearConv") == convs - 2 * CFG.num_scales  # all but the head's loc/conf
+    parity = compare_onnx(path, raw_path, [calib[:2]])
+    assert 0 < parity.scores_max < 0.05 and parity.boxes_max < 0.05, parity.line()
+
+
 def test_calibration_cache_is_what_modelopt_reads(tmp_path: Path) -> None:
     from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
