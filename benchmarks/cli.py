@@ -19,6 +19,7 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.harness import BenchSettings, Variant, VariantPlan
 from engines.cli import make_parser, run_cli
+from export.precision import PLACEMENTS
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
 
@@ -63,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 calibration images (default: --images, else synthetic shapes)")
     a.add_argument("--calib-count", type=int, default=16, metavar="N")
     a.add_argument("--calib-method", default="entropy", choices=("entropy", "max", "percentile"))
-    a.add_argument("--qdq-placement", default="auto", choices=("auto", "cpu", "tensorrt"),
-                   help="INT8 Q/DQ placement; auto: cpu (ONNX Runtime fuses QLinearConv) on a "
-                        "CPU, tensorrt when TensorRT or CUDA runs it")  # fmt: skip
+    a.add_argument("--qdq-placement", default="auto", choices=("auto", *PLACEMENTS),
+                   help="INT8 recipe (m2det-export --qdq-placement); auto: onnxruntime on a CPU, "
+                        "tensorrt when TensorRT or CUDA runs the file")  # fmt: skip
     a.add_argument("--work", type=Path, metavar="DIR",
                    help="keep exported files here (default: a temporary folder)")
     a.add_argument("--seed", type=int, default=0, help="seed of random weights")
@@ -175,8 +176,8 @@ def _bench(argv: Sequence[str] | None) -> int:
         sources, notes = _checkpoints(args, work)
         if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
             plan.calib_images = _calibration_images(args)
-            notes.append(f"INT8: ModelOpt {args.calib_method} calibration on "
-                         f"{len(plan.calib_images)} images, Q/DQ placement {plan.placement}")
+            notes.append(f"INT8: {args.calib_method} calibration on "
+                         f"{len(plan.calib_images)} images, recipe {plan.placement}")
         variants, skipped = [], []
         for ckpt, weights in sources:
             made, why = harness.make_variants(ckpt, weights, plan, work)

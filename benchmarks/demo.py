@@ -187,8 +187,8 @@ def _demo(argv: Sequence[str] | None) -> int:
           f"{', '.join(map(str, args.batch))}: {names}")  # fmt: skip
     notes = [f"AP on the synthetic shapes val set regenerated from {spec.source} (seed "
              f"{spec.seed}, {spec.size} px, {val} images), not COCO",
-             f"INT8: ModelOpt entropy calibration on {args.calib_count} train-split images, Q/DQ "
-             f"placement {plan.placement}"]  # fmt: skip
+             f"INT8: entropy calibration on {args.calib_count} train-split images, recipe "
+             f"{plan.placement} (m2det-export --qdq-placement)"]  # fmt: skip
     if spec.recorded:
         notes.append("AP the checkpoint records for this val set (training run, torch): "
                      + ", ".join(f"{k} {v:.3f}" for k, v in spec.recorded.items()))

@@ -381,12 +381,13 @@ class VariantPlan:
 
     @property
     def placement(self) -> str:
-        """The INT8 Q/DQ placement: "auto" is "tensorrt" when TensorRT runs the INT8 file, else
-        "cpu" on a CPU (ONNX Runtime fuses QLinearConv) and "tensorrt" on CUDA."""
+        """The INT8 recipe (``export.precision.PLACEMENTS``): "auto" is "onnxruntime" (ORT's own
+        QDQ quantization, which its CPU provider fuses into integer convolutions) on a CPU, and
+        "tensorrt" (ModelOpt's placement, what TensorRT fuses) on CUDA or for TensorRT."""
         if self.qdq_placement != "auto":
             return self.qdq_placement
         cpu = not self.device.startswith("cuda")
-        return "cpu" if cpu and "tensorrt" not in self.backends else "tensorrt"
+        return "onnxruntime" if cpu and "tensorrt" not in self.backends else "tensorrt"
 
     def check(self) -> None:
         bad = [b for b in self.backends if b not in BACKENDS]
@@ -397,9 +398,11 @@ class VariantPlan:
             raise M2DetError(f"unknown precision {bad[0]!r}; valid: {', '.join(PRECISIONS)}")
         if not self.backends or not self.precisions:
             raise M2DetError("need at least one backend and one precision")
-        if self.qdq_placement not in ("auto", "cpu", "tensorrt"):
-            raise M2DetError(f"unknown Q/DQ placement {self.qdq_placement!r}; valid: auto, cpu, "
-                             "tensorrt")  # fmt: skip
+        from export.precision import PLACEMENTS
+
+        if self.qdq_placement not in ("auto", *PLACEMENTS):
+            raise M2DetError(f"unknown INT8 recipe {self.qdq_placement!r}; valid: auto, "
+                             f"{', '.join(PLACEMENTS)}")  # fmt: skip
         if "tensorrt" in self.backends:
             from engines.build import require_tensorrt
 
@@ -479,8 +482,8 @@ def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
     """``ckpt`` -> ``out_dir/<config>[_fp16|_int8].onnx`` (dynamic batch, raw graph) for each of
     ``precisions`` with the ``export`` package: FP32 by the raw export, FP16 by AutoCast and INT8
     by ModelOpt PTQ, both from the FP32 file. ``calibration``: [N,3,S,S] float32 images (INT8);
-    ``placement``: INT8 Q/DQ placement (``export.precision.PLACEMENTS``: "cpu" lets ONNX Runtime
-    fuse QLinearConv, "tensorrt" is what TensorRT fuses)."""
+    ``placement``: the INT8 recipe (``export.precision.PLACEMENTS``: "onnxruntime" for ONNX
+    Runtime on a CPU, "tensorrt" for TensorRT)."""
     import onnx
 
     from export import precision as prec
