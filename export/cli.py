@@ -161,6 +161,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise M2DetError("--int8 needs --calib DIR (calibration images)")
     if args.calib and not args.int8:
         raise M2DetError("--calib is only used with --int8")
+    if args.engine and args.int8 and args.qdq_placement == "onnxruntime":
+        raise M2DetError("--qdq-placement onnxruntime writes uint8 activations, which TensorRT "
+                         "does not take: use --qdq-placement tensorrt with --engine")
     if args.tolerance <= 0:
         raise M2DetError(f"--tolerance must be > 0, got {args.tolerance}")
 

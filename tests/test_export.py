@@ -371,6 +371,9 @@ def test_cli_int8_needs_calib_and_unwritable_output(ckpt_without_config: Path, t
     base = ["--ckpt", str(ckpt_without_config), "--config", "m2det_tiny"]
     assert main([*base, "--int8"]) == 2
     assert "--calib" in _error_line(capsys)
+    assert main([*base, "--int8", "--calib", str(tmp_path), "--qdq-placement", "onnxruntime",
+                 "--engine"]) == 2  # fmt: skip
+    assert "uint8" in _error_line(capsys)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main([*base, "--out", str(blocker / "sub")]) == 2
