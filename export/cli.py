@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import onnx
 import torch
@@ -39,6 +39,7 @@ from export.onnx_export import (
     set_metadata,
 )
 from m2det.checkpoint import check_and_load, read_checkpoint, resolve_config
+from m2det.cli import make_parser, run_cli
 from m2det.config import M2DetConfig
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
@@ -53,16 +54,8 @@ DEFAULT_TOLERANCE = 1e-4
 PARITY_IMAGES = 4
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are M2DetErrors, so they too print one line and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise M2DetError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.splitlines()[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(PROG, __doc__.splitlines()[0], argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (.pth, project or official layout)")
     p.add_argument("--config", help="preset name (needed when the checkpoint records none)")
     p.add_argument("--out", default=".", help="output folder (default: .)")
@@ -303,22 +296,6 @@ def _as_json(summary: Summary) -> dict[str, Any]:
 def _main(argv: Sequence[str] | None) -> int:
     run(build_parser().parse_args(argv))
     return 0
-
-
-def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int],
-            argv: Sequence[str] | None) -> int:
-    """``fn(argv)``'s exit code; an M2DetError is one line ``<prog>: error: ...`` and exit 2.
-    (The same contract as ``engines.cli.run_cli``, which export may not import.)"""
-    try:
-        return fn(argv)
-    except M2DetError as e:
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 0
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
