@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes timed")
     p.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    p.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of torch and ONNX Runtime (1: comparable figures on a "
+                        "shared machine, where torch's OpenMP threads stall on busy cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -141,6 +143,9 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
              f"{results['versions']['onnxruntime']}, threads {results['threads']}; "
              f"commit {results['git_commit']}.", "",
              f"Command: `{results['command']}`", "",
+             "Latencies (p50, ms) are per call, i.e. per batch; FPS = images/s end to end "
+             "(preprocess + network + NMS); FPS net+NMS = the paper's definition (no "
+             "preprocessing); AP = COCO AP on the val set below.", "",
              harness.format_table(results), ""]  # fmt: skip
     lines += [f"- {note}" for note in results["notes"]]
     lines += [f"- skipped {s['backend']} {s['precision']}: {s['reason']}"

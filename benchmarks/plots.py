@@ -113,7 +113,7 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
             (line,) = ax2.plot(fps, aps, "-o", color=color, linewidth=2, markersize=7)
             for r, x, y in zip(rows, fps, aps, strict=True):
                 ax2.annotate(f"{r['input_size']}", (x, y), textcoords="offset points",
-                             xytext=(4, 5), fontsize=8, color=color)  # fmt: skip
+                             xytext=(4, 5 + 10 * (i % 4)), fontsize=8, color=color)  # fmt: skip
             handles.append(line)
             labels.append(f"ours: {name}")
             continue
