@@ -175,7 +175,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -207,6 +207,7 @@ class TrainOptions:
     lr: float = 0.004
     warmup_epochs: float = 5.0
     gamma: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (released) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clip_grad: float = 0.0  # max gradient norm; 0 = off
@@ -220,6 +221,9 @@ class TrainOptions:
     eval_limit: int | None = None
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: per epoch only)
     log_every: int = 10
+    max_minutes: float = 0.0  # stop (and save a resumable checkpoint) after this long; 0 = off
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPU
+    bn_momentum: float | None = None  # override BatchNorm momentum (released: 0.01 in BasicConv)
     progress: bool = True
     nms: dict[str, Any] = field(default_factory=lambda: {"score_threshold": 0.05,
                                                         "max_detections": 100})
@@ -259,6 +263,17 @@ def init_backbone_from_scratch(backbone: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def make_optimizer(model: nn.Module, options: TrainOptions, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (as released), or AdamW (scale-invariant steps: converges much faster
+    when training from scratch with few iterations)."""
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay)
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay)
+    raise M2DetError(f"unknown optimizer {options.optimizer!r} (sgd, adamw)")
 
 
 def make_predict(model: M2Det, nms: dict[str, Any], device: torch.device) -> Any:
@@ -316,15 +331,19 @@ class Trainer:
             load_backbone_weights(self.model.backbone, str(init_backbone))
         else:
             init_backbone_from_scratch(self.model.backbone)
+        if options.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if options.bn_momentum is not None:
+            for m in self.model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = options.bn_momentum
         self.net: nn.Module = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.priors = make_priors(config).to(self.device)
         self.criterion = MultiBoxLoss(config.num_classes, variance=config.variance)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.schedule(0.0),
-                                         momentum=options.momentum,
-                                         weight_decay=options.weight_decay)
+        self.optimizer = make_optimizer(self.model, options, self.schedule(0.0))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0  # optimizer steps taken
         if resume is not None:
@@ -428,6 +447,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True)
+        if self.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = [t.to(self.device) for t in targets]
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             loc, conf = self.net(images)
@@ -449,6 +470,9 @@ class Trainer:
         total = self.options.epochs * self.steps_per_epoch
         stop = total if stop_at_step is None else min(stop_at_step, total)
         metrics: dict[str, Any] = {}
+        started = time.monotonic()
+        deadline = started + 60 * self.options.max_minutes
+        out_of_time = False
         self.model.train()
         while self.step < stop:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -466,11 +490,15 @@ class Trainer:
                     bar.set_postfix(loss=f"{terms['loss']:.3f}", l=f"{terms['loss_l']:.3f}",
                                     c=f"{terms['loss_c']:.3f}", img_s=f"{rate:.1f}")
                     self._log({"step": self.step, "epoch": round(self.step /
-                               self.steps_per_epoch, 4), **terms, "images_per_s": rate})
+                               self.steps_per_epoch, 4), **terms, "images_per_s": rate,
+                               "elapsed_s": round(time.monotonic() - started, 2)})
                     window_start, window_images = time.perf_counter(), 0
                 if self.options.checkpoint_every and \
                         self.step % self.options.checkpoint_every == 0:
                     self.save()
+                if self.options.max_minutes and self._out_of_time(deadline):
+                    stop = self.step  # out of time: save and evaluate below, then end
+                    out_of_time = True
                 if self.step >= stop:
                     break
             bar.close()
@@ -478,9 +506,10 @@ class Trainer:
             if finished_epoch or self.step >= stop:
                 self.save()
             done = self.step // self.steps_per_epoch
-            if finished_epoch and self._eval_due(done):
+            if (finished_epoch or out_of_time) and self._eval_due(done, out_of_time):
                 metrics = self.evaluate()
-                self._log({"step": self.step, "epoch": done, "eval": metrics})
+                self._log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                           "eval": metrics})
                 self.model.train()
         if self.step >= total and self.rank == 0:
             atomic_torch_save({"format": FORMAT, "model": self.model.state_dict(),
@@ -491,11 +520,18 @@ class Trainer:
             dist.barrier()
         return metrics
 
-    def _eval_due(self, epoch: int) -> bool:
+    def _out_of_time(self, deadline: float) -> bool:
+        """Past ``deadline`` (rank 0's clock decides for every rank, so all stop together)."""
+        late = torch.tensor([float(time.monotonic() > deadline)])
+        if self.world > 1:
+            dist.broadcast(late, src=0)
+        return bool(late.item())
+
+    def _eval_due(self, epoch: int, last: bool = False) -> bool:
         if self.data.val_ann is None or self.data.val_images is None:
             return False
         every = self.options.eval_every
-        return epoch == self.options.epochs or (every > 0 and epoch % every == 0)
+        return last or epoch == self.options.epochs or (every > 0 and epoch % every == 0)
 
     def evaluate(self) -> dict[str, Any]:
         """COCO AP of the current weights on the validation set (rank 0; {} elsewhere)."""
@@ -580,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official (released steps scaled to --epochs), cosine, or step:E1,E2,...")
     p.add_argument("--gamma", type=float, default=0.1, help="decay per step of step:... schedules")
     p.add_argument("--warmup-epochs", type=float, default=5.0)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="sgd: momentum 0.9 as released; adamw: faster from-scratch convergence")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
     p.add_argument("--augment-p", type=float, default=0.6, help="zoom-out probability")
     p.add_argument("--no-photometric", action="store_true", help="no colour distortion")
@@ -588,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between COCO evaluations (0: after the last epoch only)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after this many minutes with a resumable checkpoint (0: off)")
+    p.add_argument("--bn-momentum", type=float,
+                   help="BatchNorm momentum (default: as released, 0.01 in the MLFPN); short "
+                        "runs need ~0.1 for the running statistics to catch up")
+    p.add_argument("--augment", choices=("ssd", "resize"), default="ssd",
+                   help="ssd: crop/colour/zoom-out/flip as released; resize: no augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--strict", action="store_true", help="missing/corrupt images are errors")
@@ -607,9 +653,11 @@ def main(argv: list[str] | None = None) -> int:
         options = TrainOptions(
             epochs=args.epochs, batch=args.batch, schedule=args.schedule, lr=args.lr,
             warmup_epochs=args.warmup_epochs, gamma=args.gamma, clip_grad=args.clip_grad,
+            optimizer=args.optimizer, weight_decay=args.weight_decay,
             amp=args.amp, workers=args.workers, seed=args.seed, augment_p=args.augment_p,
             photometric=not args.no_photometric, eval_every=args.eval_every,
             eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
+            max_minutes=args.max_minutes, augment=args.augment, bn_momentum=args.bn_momentum,
             progress=not args.no_progress)
         if args.epochs < 1 or args.batch < 1:
             raise M2DetError("--epochs and --batch must be >= 1")
@@ -622,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = trainer.fit()
     except M2DetError as e:
         parser.error(str(e))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if metrics and trainer.rank == 0:
         print(json.dumps(metrics))
     return 0
