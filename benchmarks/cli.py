@@ -18,8 +18,8 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.harness import BenchSettings, Variant, VariantPlan
-from engines.cli import make_parser, run_cli
 from export.precision import PLACEMENTS
+from m2det.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
 

@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.cli import int_list
 from benchmarks.harness import BenchSettings, VariantPlan
-from engines.cli import make_parser, run_cli
+from m2det.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_bytes, atomic_write_json
 
@@ -58,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclasses.dataclass(frozen=True)
 class ValSpec:
     """The val set and NMS a checkpoint was evaluated with (its JSON sidecar ``<ckpt>.json``):
-    ``m2det.shapes.generate(seed=, size=)``'s first ``images`` val images, NMS ``official`` preset
-    with ``nms`` overrides; ``recorded``: the AP/AP50/AP75 the sidecar reports (or None)."""
+    ``m2det.shapes.generate(seed=, size=)``'s first ``images`` val images, NMS preset
+    ``nms_preset`` with ``nms`` overrides; ``recorded``: the AP/AP50/AP75 the sidecar reports."""
 
     seed: int
     size: int
     images: int | None
+    nms_preset: str
     nms: dict[str, Any]
     recorded: dict[str, float] | None
     source: str
@@ -79,11 +80,11 @@ class ValSpec:
 
 
 def read_val_spec(ckpt: Path) -> ValSpec:
-    """The sidecar's ``val_set`` ({seed, size, images}), ``nms`` and ``val`` metrics; the
-    ``m2det-shapes`` defaults when there is no sidecar."""
+    """The sidecar's ``val_set`` ({seed, size, images}), ``nms_preset``/``nms`` and ``val``
+    metrics; the ``m2det-shapes`` defaults when there is no sidecar."""
     sidecar = ckpt.with_suffix(".json")
     if not sidecar.is_file():
-        return ValSpec(DEFAULT_VAL["seed"], DEFAULT_VAL["size"], None, {}, None,
+        return ValSpec(DEFAULT_VAL["seed"], DEFAULT_VAL["size"], None, "official", {}, None,
                        "m2det-shapes defaults (no sidecar)")  # fmt: skip
     try:
         meta = json.loads(sidecar.read_text())
@@ -91,7 +92,8 @@ def read_val_spec(ckpt: Path) -> ValSpec:
         val = meta.get("val")
         recorded = {k: float(val[k]) for k in ("AP", "AP50", "AP75")} if val else None
         return ValSpec(int(spec["seed"]), int(spec["size"]), spec.get("images"),
-                       dict(meta.get("nms") or {}), recorded, str(sidecar))  # fmt: skip
+                       str(meta.get("nms_preset", "official")), dict(meta.get("nms") or {}),
+                       recorded, str(sidecar))  # fmt: skip
     except (ValueError, KeyError, TypeError) as e:
         raise M2DetError(f"{sidecar}: no usable val_set record ({type(e).__name__}: {e})") from None
 
@@ -173,7 +175,8 @@ def _demo(argv: Sequence[str] | None) -> int:
     settings = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                              threads=args.threads, ann=data["val_json"],
                              images=data["val_images"], limit=val, pool=16,
-                             progress=not args.quiet, nms_overrides=spec.nms,
+                             progress=not args.quiet, nms=spec.nms_preset,
+                             nms_overrides=spec.nms,
                              eval_name=f"synthetic shapes val ({val} images)")  # fmt: skip
     settings.check()
     print("[demo] 3/5 exporting FP32 / FP16 / INT8 ONNX")

@@ -165,9 +165,11 @@ def test_demo_reads_the_checkpoint_sidecar(tmp_path: Path) -> None:
     assert read_val_spec(ckpt).source.startswith("m2det-shapes defaults")
     ckpt.with_suffix(".json").write_text(json.dumps({
         "val_set": {"seed": 7, "size": 128, "images": 40, "batch": 8},
-        "nms": {"score_threshold": 0.05}, "val": {"AP": 0.5, "AP50": 0.8, "AP75": 0.55}}))
+        "nms_preset": "paper", "nms": {"score_threshold": 0.05},
+        "val": {"AP": 0.5, "AP50": 0.8, "AP75": 0.55}}))
     spec = read_val_spec(ckpt)
-    assert (spec.seed, spec.size, spec.images, spec.nms) == (7, 128, 40, {"score_threshold": 0.05})
+    assert (spec.seed, spec.size, spec.images) == (7, 128, 40)
+    assert (spec.nms_preset, spec.nms) == ("paper", {"score_threshold": 0.05})
     assert spec.recorded == {"AP": 0.5, "AP50": 0.8, "AP75": 0.55}
     ckpt.with_suffix(".json").write_text(json.dumps({"val": {}}))
     with pytest.raises(M2DetError, match="no usable val_set"):
