@@ -98,7 +98,8 @@ def read_val_spec(ckpt: Path) -> ValSpec:
         raise M2DetError(f"{sidecar}: no usable val_set record ({type(e).__name__}: {e})") from None
 
 
-def regenerate(spec: ValSpec, folder: Path, val: int, train: int) -> dict[str, Path]:
+def regenerate(spec: ValSpec, folder: Path, val: int, train: int,
+               progress: bool = True) -> dict[str, Path]:
     """The shapes set of ``spec`` in ``folder`` (generated unless already there)."""
     from m2det.shapes import generate
 
@@ -109,7 +110,7 @@ def regenerate(spec: ValSpec, folder: Path, val: int, train: int) -> dict[str, P
         return paths
     print(f"[demo] regenerating the shapes set (seed {spec.seed}, {spec.size} px, from "
           f"{spec.source}): {val} val + {train} calibration images -> {folder}")  # fmt: skip
-    generate(folder, train=train, val=val, seed=spec.seed, size=spec.size, progress=True)
+    generate(folder, train=train, val=val, seed=spec.seed, size=spec.size, progress=progress)
     atomic_write_json(folder / "demo_spec.json", {"seed": spec.seed, "size": spec.size,
                                                   "val": val, "train": train})  # fmt: skip
     return paths
@@ -171,7 +172,7 @@ def _demo(argv: Sequence[str] | None) -> int:
         raise M2DetError("--val and --calib-count must be >= 1")
     print(f"[demo] 1/5 checkpoint {ckpt} (config {cfg.name}, {cfg.input_size} px input)")
     print("[demo] 2/5 data")
-    data = regenerate(spec, work / "shapes", val, args.calib_count)
+    data = regenerate(spec, work / "shapes", val, args.calib_count, progress=not args.quiet)
     settings = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                              threads=args.threads, ann=data["val_json"],
                              images=data["val_images"], limit=val, pool=16,
@@ -199,7 +200,7 @@ def _demo(argv: Sequence[str] | None) -> int:
              f"{plan.placement} (m2det-export --qdq-placement)"]  # fmt: skip
     if spec.recorded:
         notes.append("AP the checkpoint records for this val set (training run, torch): "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in spec.recorded.items()))
+                     + ", ".join(f"{k} {v:.3g}" for k, v in spec.recorded.items()))
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]
     results = harness.run_benchmark(variants, settings, command, skipped, notes)
     print(f"[demo] 5/5 results on {results['device']}:")

@@ -685,8 +685,8 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, command:
 
 
 # ----------------------------------------------------------------------------- table
-def _fmt(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _fmt(v: float | None, digits: int = 1, spec: str = "f") -> str:
+    return "-" if v is None else f"{v:.{digits}{spec}}"
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -702,7 +702,7 @@ def format_table(results: dict[str, Any]) -> str:
                  r["weights"], _fmt(lat["preprocess"]["p50"], 2), _fmt(lat["network"]["p50"]),
                  _fmt(lat["nms"]["p50"], 2), _fmt(lat["total"]["p50"]), _fmt(r["fps"], 2),
                  _fmt(r["fps_network_nms"], 2), _fmt(r["host_peak_rss_mb"], 0),
-                 _fmt(acc.get("AP"), 3),
-                 _fmt(acc.get("AP50"), 3)]  # fmt: skip
+                 _fmt(acc.get("AP"), 3, "g"),
+                 _fmt(acc.get("AP50"), 3, "g")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
