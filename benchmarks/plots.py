@@ -144,11 +144,16 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.09 if with_ap else 1.01, 1.0),
               fontsize=8, title=f"AP: paper = COCO test-dev;\nours = {_eval_set(results)}",
               title_fontsize=8)  # fmt: skip
-    ax.set_title(f"M2Det FPS vs AP: ours on {results['device']} ({results['threads']} threads) "
-                 f"vs the paper ({PAPER_DEVICE})", fontsize=11)  # fmt: skip
+    ax.set_title(f"M2Det FPS vs AP: ours on {results['device']} ({_threads(results)}) vs the "
+                 f"paper ({PAPER_DEVICE})", fontsize=11)  # fmt: skip
     fig.text(0.01, -0.01, note, fontsize=8.5, va="top", ha="left")
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, Path(png))
+
+
+def _threads(results: dict[str, Any]) -> str:
+    n = int(results["threads"])
+    return f"{n} thread" + ("" if n == 1 else "s")
 
 
 def _eval_set(results: dict[str, Any]) -> str:
@@ -171,8 +176,7 @@ def plot_latency(results: dict[str, Any], png: str | Path) -> list[Path]:
     ax.set_xlim(0, max(left + [1.0]) * 1.15)
     ax.invert_yaxis()
     ax.set_xlabel("mean latency per image (ms) = per-call time / batch")
-    ax.set_title(f"Latency breakdown on {results['device']}, {results['threads']} threads",
-                 fontsize=11)  # fmt: skip
+    ax.set_title(f"Latency breakdown on {results['device']}, {_threads(results)}", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, Path(png))
