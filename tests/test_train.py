@@ -232,7 +232,7 @@ def test_short_training_run_learns_the_shapes(tmp_path: Path) -> None:
     matching, the loss, the optimizer step and the evaluation path fit together."""
     generate(tmp_path / "s", train=8, val=1, seed=5, size=160)
     ann, images = str(tmp_path / "s/annotations/train.json"), str(tmp_path / "s/train")
-    options = TrainOptions(epochs=40, batch=8, lr=0.002, optimizer="adamw", schedule="cosine",
+    options = TrainOptions(epochs=60, batch=8, lr=0.002, optimizer="adamw", schedule="cosine",
                            warmup_epochs=1, augment="resize", bn_momentum=0.1, workers=0,
                            progress=False, log_every=1)
     trainer = Trainer(get_config("m2det_tiny"), DataSpec(ann, images, ann, images), options,
