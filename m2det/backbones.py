@@ -25,33 +25,48 @@ _VGG16_CFG: tuple[int | str, ...] = (
 class VGG16Reduced(nn.Module):
     """VGG16 through conv5_3, pool5 3x3/s1/p1, conv6 3x3 dilation 6, conv7 1x1 (fc6/fc7 reduced).
 
-    ``width`` scales every channel count (1.0 is the released network).
+    ``width`` scales every channel count (1.0 is the released network). ``bn`` inserts a
+    BatchNorm after every conv (as torchvision's ``vgg16_bn``): the released network has none
+    because it starts from ImageNet weights; a network trained from scratch needs it. ``taps`` are
+    indices in the released (BN-free) layout and keep their meaning with ``bn``.
     forward: images [B,3,S,S] -> (relu(conv4_3) [B,512w,S/8,S/8], relu(conv7) [B,1024w,S/16,S/16]).
     """
 
-    def __init__(self, width: float = 1.0, taps: tuple[int, int] = (22, 34)) -> None:
+    def __init__(
+        self, width: float = 1.0, taps: tuple[int, int] = (22, 34), bn: bool = False
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        released_index: list[int] = []  # released-layout index -> index in ``layers``
+
+        def add(*modules: nn.Module) -> None:
+            for m in modules:
+                if isinstance(m, nn.BatchNorm2d):
+                    if bn:
+                        layers.append(m)
+                    continue
+                layers.append(m)
+                released_index.append(len(layers) - 1)
+
+        def conv_relu(conv: nn.Conv2d) -> None:
+            add(conv, nn.BatchNorm2d(conv.out_channels), nn.ReLU(inplace=True))
+
         in_ch = 3
         for v in _VGG16_CFG:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                add(nn.MaxPool2d(2, 2))
             elif v == "C":
-                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+                add(nn.MaxPool2d(2, 2, ceil_mode=True))
             else:
                 out_ch = max(8, int(round(int(v) * width)))
-                layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+                conv_relu(nn.Conv2d(in_ch, out_ch, 3, padding=1))
                 in_ch = out_ch
         fc = max(16, int(round(1024 * width)))
-        layers += [
-            nn.MaxPool2d(3, 1, 1),
-            nn.Conv2d(in_ch, fc, 3, padding=6, dilation=6),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(fc, fc, 1),
-            nn.ReLU(inplace=True),
-        ]
+        add(nn.MaxPool2d(3, 1, 1))
+        conv_relu(nn.Conv2d(in_ch, fc, 3, padding=6, dilation=6))
+        conv_relu(nn.Conv2d(fc, fc, 1))
         self.layers = nn.ModuleList(layers)
-        self.taps = taps
+        self.taps = (released_index[taps[0]], released_index[taps[1]])
         self.out_channels = (in_ch, fc)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,12 +180,14 @@ class ResNet(nn.Module):
         return feats[0], feats[1]
 
 
-def build_backbone(name: str, taps: tuple[int, int], width: float = 1.0) -> VGG16Reduced | ResNet:
+def build_backbone(
+    name: str, taps: tuple[int, int], width: float = 1.0, bn: bool = False
+) -> VGG16Reduced | ResNet:
     if name == "vgg16":
-        return VGG16Reduced(width, taps)
+        return VGG16Reduced(width, taps, bn)
     if name in _RESNET_SPECS:
-        if width != 1.0:
-            raise M2DetError("backbone_width is only supported for vgg16")
+        if width != 1.0 or bn:
+            raise M2DetError("backbone_width and backbone_bn are only supported for vgg16")
         return ResNet(name, taps)
     raise M2DetError(f"unknown backbone {name!r}; valid: vgg16, {', '.join(_RESNET_SPECS)}")
 

@@ -34,6 +34,7 @@ class M2DetConfig:
     backbone: str = "vgg16"
     base_out: tuple[int, int] = (22, 34)
     backbone_width: float = 1.0  # channel multiplier of the backbone (1.0 = the released networks)
+    backbone_bn: bool = False  # BatchNorm after each VGG conv (training from scratch)
     planes: int = 256
     num_levels: int = 8  # number of TUMs
     num_scales: int = 6
@@ -165,8 +166,10 @@ PRESETS: dict[str, M2DetConfig] = {
               (0.04, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)),
         _coco("m2det320_resnet101", 320, "resnet101", (8, 16, 32, 64, 107, 320), _SIZES),
         _coco("m2det512_resnet101", 512, "resnet101", (8, 16, 32, 64, 128, 256), _SIZES_512),
-        # CPU-sized: same architecture (VGG16-reduced at 1/8 width, 3 TUMs x 64 planes, 5 scales).
-        M2DetConfig("m2det_tiny", 160, backbone_width=0.125, planes=64, num_levels=3, num_scales=5,
+        # CPU-sized, trained from scratch: VGG16-reduced at 1/8 width with BatchNorm, 3 TUMs x 64
+        # planes, 5 scales.
+        M2DetConfig("m2det_tiny", 160, backbone_width=0.125, backbone_bn=True, planes=64,
+                    num_levels=3, num_scales=5,
                     steps=(8, 16, 32, 54, 160), sizes=(0.06, 0.15, 0.33, 0.51, 0.69, 0.87),
                     num_classes=len(SHAPES_CLASSES) + 1, backbone="vgg16", base_out=(22, 34),
                     class_names=SHAPES_CLASSES),

@@ -57,7 +57,7 @@ class M2Det(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.backbone = build_backbone(c.backbone, c.base_out, c.backbone_width)
+        self.backbone = build_backbone(c.backbone, c.base_out, c.backbone_width, c.backbone_bn)
         self.ffm1 = FFMv1(*self.backbone.out_channels)
         self.ffm2 = FFMv2(self.ffm1.out_channels, c.planes)
         first = TUM(c.planes // 2, c.planes, c.num_scales, c.smooth)

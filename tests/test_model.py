@@ -166,3 +166,20 @@ def test_backbone_weight_loaders(tmp_path) -> None:
         load_backbone_weights(ResNet("resnet50"), str(tmp_path / "resnet18.pth"))
     with pytest.raises(M2DetError, match="not found"):
         load_backbone_weights(res, str(tmp_path / "nope.pth"))
+
+
+def test_vgg_batchnorm_variant_taps_the_same_layers() -> None:
+    """``backbone_bn`` (training from scratch) inserts BatchNorm after every conv; the released
+    tap indices (22 = relu(conv4_3), 34 = relu(conv7)) keep their meaning."""
+    from m2det.backbones import VGG16Reduced
+
+    plain, with_bn = VGG16Reduced(0.125), VGG16Reduced(0.125, bn=True)
+    assert plain.taps == (22, 34) and len(plain.layers) == 35
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.layers) == 15
+    for net in (plain, with_bn):
+        assert all(isinstance(net.layers[t], torch.nn.ReLU) for t in net.taps)
+        assert isinstance(net.layers[net.taps[0] - (2 if net is with_bn else 1)], torch.nn.Conv2d)
+    x = torch.rand(1, 3, 160, 160)
+    assert [f.shape for f in plain.eval()(x)] == [f.shape for f in with_bn.eval()(x)]
+    with pytest.raises(M2DetError, match="only supported for vgg16"):
+        M2Det(PRESETS["m2det320_resnet101"].replace(backbone_bn=True))
