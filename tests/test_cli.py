@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from test_eval import write_coco_set
 
 from engines.cli import detect_main, eval_main, run_cli
@@ -23,14 +22,6 @@ from m2det.model import build_model
 
 TINY = get_config("m2det_tiny")
 
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_model(build_model(TINY), path)
-    return path
 
 
 def _scene(path: Path, w: int = 240, h: int = 180) -> np.ndarray:

@@ -11,7 +11,6 @@ import torch
 import engines.registry as registry
 from engines.registry import default_checkpoint, load_runner
 from engines.torch_runner import TorchRunner
-from m2det.checkpoint import save_model
 from m2det.config import get_config
 from m2det.errors import M2DetError
 from m2det.model import build_model
@@ -28,14 +27,6 @@ def _tensorrt_usable() -> bool:
     except ImportError:
         return False
     return hasattr(tensorrt, "Builder")  # tensorrt-stubs alone is an empty namespace package
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_model(build_model(TINY), path)
-    return path
 
 
 def _images(batch: int, seed: int = 0) -> np.ndarray:
