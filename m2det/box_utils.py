@@ -12,13 +12,14 @@ def point_form(boxes: Tensor) -> Tensor:
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of corner boxes a [N,4], b [M,4] -> [N,M] (continuous coordinates, no +1)."""
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    """Pairwise IoU of corner boxes a [...,N,4] (any leading dims, e.g. a batch of padded truths)
+    and b [M,4] -> [...,N,M] (continuous coordinates, no +1)."""
+    lt = torch.max(a[..., :, None, :2], b[:, :2])
+    rb = torch.min(a[..., :, None, 2:], b[:, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).prod(-1)
     area_b = (b[:, 2:] - b[:, :2]).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    return inter / (area_a[..., None] + area_b - inter)
 
 
 def encode(matched: Tensor, priors: Tensor, variance: tuple[float, float]) -> Tensor:

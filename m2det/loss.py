@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m2det.box_utils import encode, point_form
+from m2det.box_utils import box_iou, encode, point_form
 
 
 def pad_targets(targets: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -29,16 +29,6 @@ def pad_targets(targets: list[Tensor]) -> tuple[Tensor, Tensor]:
     return padded, valid
 
 
-def batch_iou(truths: Tensor, priors_xyxy: Tensor) -> Tensor:
-    """IoU of truths [B,G,4] with priors [A,4] (corner form) -> [B,G,A]."""
-    lt = torch.max(truths[:, :, None, :2], priors_xyxy[None, None, :, :2])
-    rb = torch.min(truths[:, :, None, 2:], priors_xyxy[None, None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_t = (truths[..., 2:] - truths[..., :2]).prod(-1)
-    area_p = (priors_xyxy[:, 2:] - priors_xyxy[:, :2]).prod(-1)
-    return inter / (area_t[:, :, None] + area_p[None, None, :] - inter)
-
-
 def match_batch(targets: list[Tensor], priors: Tensor, variance: tuple[float, float],
                 threshold: float = 0.5) -> tuple[Tensor, Tensor]:
     """Official SSD matching for a batch: targets (list of B [n_i,5]) and priors [A,4]
@@ -49,7 +39,7 @@ def match_batch(targets: list[Tensor], priors: Tensor, variance: tuple[float, fl
     padded, valid = pad_targets(targets)
     truths, labels = padded[..., :4], padded[..., 4].long()
     b, g = valid.shape
-    overlaps = batch_iou(truths, point_form(priors))  # [B,G,A]
+    overlaps = box_iou(truths, point_form(priors))  # [B,G,A]
     overlaps = overlaps.masked_fill(~valid[..., None], -1.0)
     best_prior_idx = overlaps.argmax(2)  # [B,G]
     best_truth_overlap, best_truth_idx = overlaps.max(1)  # [B,A]
