@@ -7,6 +7,8 @@ and the softmax: exactly the raw ONNX graph's contract (``boxes`` [B,A,4] normal
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,25 @@ class DetectionHead(nn.Module):
         self.conf = nn.ModuleList(
             nn.Conv2d(channels, anchors * num_classes, 3, 1, 1) for _ in range(num_scales)
         )
+
+    @torch.no_grad()
+    def init_background_prior(self, probability: float) -> None:
+        """Set the conf biases so that every prior starts out predicting background with
+        ``probability`` (the other classes equally likely).
+
+        Released M2Det zeroes these biases (a uniform start). Training from scratch that start is
+        slow: the largest scale, ~75% of the priors, is fed by a BatchNorm whose output has zero
+        mean, so its background logit can only rise through the bias, one optimizer step at a time,
+        and until it has the classifier sits at the loss of an image-independent guess.
+        """
+        if not 0.0 < probability < 1.0:
+            raise ValueError(f"background probability must be in (0, 1), got {probability}")
+        k = self.num_classes
+        logit = math.log(probability * (k - 1) / (1.0 - probability))
+        for conv in self.conf:
+            assert conv.bias is not None
+            conv.bias.zero_()
+            conv.bias[0::k] = logit
 
     def forward(self, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
         b = sources[0].shape[0]

@@ -183,3 +183,18 @@ def test_vgg_batchnorm_variant_taps_the_same_layers() -> None:
     assert [f.shape for f in plain.eval()(x)] == [f.shape for f in with_bn.eval()(x)]
     with pytest.raises(M2DetError, match="only supported for vgg16"):
         M2Det(PRESETS["m2det320_resnet101"].replace(backbone_bn=True))
+
+
+def test_background_prior_init_sets_initial_class_probabilities() -> None:
+    cfg = PRESETS["m2det_tiny"]
+    model = build_model(cfg)
+    model.head.init_background_prior(0.99)
+    sources = [torch.zeros(1, model.head.conf[0].in_channels, s, s)
+               for s in feature_map_sizes(cfg.input_size, cfg.num_scales)]
+    _, conf = model.head(sources)  # zero features: the biases alone decide
+    probs = conf.softmax(-1)
+    assert conf.shape[1] == make_priors(cfg).shape[0]
+    torch.testing.assert_close(probs[..., 0], torch.full_like(probs[..., 0], 0.99))
+    torch.testing.assert_close(probs[..., 1:], torch.full_like(probs[..., 1:], 0.01 / 5))
+    with pytest.raises(ValueError, match="background probability"):
+        model.head.init_background_prior(1.0)
