@@ -52,15 +52,18 @@ class TrainTransform:
     """Sample -> (image [3,S,S] float32 BGR 0-255, targets [n,5] float32 normalized + label).
 
     ``p`` is the probability of the zoom-out; ``photometric=False`` disables the colour
-    distortion (geometry tests). A sample without boxes is only resized.
+    distortion (geometry tests); ``crop=False`` the random crop. With ``p=0`` and both off only
+    the flip is left (short from-scratch runs). A sample without boxes is only resized.
     """
 
     def __init__(self, size: int, mean: tuple[float, float, float] = (104, 117, 123),
-                 p: float = 0.6, seed: int | None = None, photometric: bool = True) -> None:
+                 p: float = 0.6, seed: int | None = None, photometric: bool = True,
+                 crop: bool = True) -> None:
         self.size = size
         self.mean = mean
         self.p = p
         self.photometric = photometric
+        self.use_crop = crop
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, seed: int | np.random.SeedSequence) -> None:
@@ -71,7 +74,8 @@ class TrainTransform:
         image, boxes, labels = sample.image, sample.boxes.astype(np.float32), sample.labels
         if len(boxes) == 0:
             return self._resize(image), np.zeros((0, 5), np.float32)
-        image_t, boxes_t, labels_t = self.crop(image, boxes, labels)
+        image_t, boxes_t, labels_t = (self.crop(image, boxes, labels) if self.use_crop
+                                      else (image, boxes, labels))
         if self.photometric:
             image_t = self.distort(image_t)
         image_t, boxes_t = self.expand(image_t, boxes_t)
@@ -145,7 +149,7 @@ class TrainTransform:
     def expand(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Zoom out with probability ``p``: place the image on a mean-coloured canvas of
         1-4x its area (aspect jitter 0.5-2) at a random offset."""
-        if self.rng.random() > self.p:
+        if self.rng.random() >= self.p:
             return image, boxes
         height, width, depth = image.shape
         scale = self.rng.uniform(1, 4)

@@ -214,7 +214,7 @@ class TrainOptions:
     amp: bool = False
     workers: int = 0
     seed: int = 0
-    augment: str = "ssd"  # "ssd": TrainTransform (crop, colour, zoom-out, flip); "resize": none
+    augment: str = "ssd"  # "ssd": crop, colour, zoom-out, flip; "flip": flip only; "resize": none
     augment_p: float = 0.6  # zoom-out probability of TrainTransform
     photometric: bool = True
     eval_every: int = 0  # epochs between COCO evaluations (0: only after the last epoch)
@@ -224,6 +224,7 @@ class TrainOptions:
     max_minutes: float = 0.0  # stop (and save a resumable checkpoint) after this long; 0 = off
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU
     bn_momentum: float | None = None  # override BatchNorm momentum (released: 0.01 in BasicConv)
+    background_prior: float | None = None  # initial P(background) of the conf head (released: none)
     progress: bool = True
     nms: dict[str, Any] = field(default_factory=lambda: {"score_threshold": 0.05,
                                                         "max_detections": 100})
@@ -331,6 +332,8 @@ class Trainer:
             load_backbone_weights(self.model.backbone, str(init_backbone))
         else:
             init_backbone_from_scratch(self.model.backbone)
+        if options.background_prior is not None:
+            self.model.head.init_background_prior(options.background_prior)
         if options.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if options.bn_momentum is not None:
@@ -364,9 +367,12 @@ class Trainer:
         if o.augment == "ssd":
             return TrainTransform(size, self.config.rgb_means, p=o.augment_p, seed=o.seed,
                                   photometric=o.photometric)
+        if o.augment == "flip":
+            return TrainTransform(size, self.config.rgb_means, p=0.0, seed=o.seed,
+                                  photometric=False, crop=False)
         if o.augment == "resize":
             return EvalTransform(size)
-        raise M2DetError(f"unknown augmentation {o.augment!r} (ssd, resize)")
+        raise M2DetError(f"unknown augmentation {o.augment!r} (ssd, flip, resize)")
 
     def _train_dataset(self) -> Dataset:
         d = self.data
@@ -632,8 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-momentum", type=float,
                    help="BatchNorm momentum (default: as released, 0.01 in the MLFPN); short "
                         "runs need ~0.1 for the running statistics to catch up")
-    p.add_argument("--augment", choices=("ssd", "resize"), default="ssd",
-                   help="ssd: crop/colour/zoom-out/flip as released; resize: no augmentation")
+    p.add_argument("--background-prior", type=float, metavar="P",
+                   help="start the classifier at P(background)=P, e.g. 0.99 (released: uniform); "
+                        "much faster convergence from scratch")
+    p.add_argument("--augment", choices=("ssd", "flip", "resize"), default="ssd",
+                   help="ssd: crop/colour/zoom-out/flip as released; flip: horizontal flip only "
+                        "(short runs from scratch); resize: no augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--strict", action="store_true", help="missing/corrupt images are errors")
@@ -658,9 +668,12 @@ def main(argv: list[str] | None = None) -> int:
             photometric=not args.no_photometric, eval_every=args.eval_every,
             eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
             max_minutes=args.max_minutes, augment=args.augment, bn_momentum=args.bn_momentum,
+            background_prior=args.background_prior,
             progress=not args.no_progress)
         if args.epochs < 1 or args.batch < 1:
             raise M2DetError("--epochs and --batch must be >= 1")
+        if args.background_prior is not None and not 0.0 < args.background_prior < 1.0:
+            raise M2DetError("--background-prior must be in (0, 1), e.g. 0.99")
         if args.resume is not None and not Path(args.resume).is_file():
             raise M2DetError(f"checkpoint not found: {args.resume}")
         command = ["m2det-train", *(sys.argv[1:] if argv is None else argv)]

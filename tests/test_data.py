@@ -165,6 +165,30 @@ def test_train_transform_geometry_consistent() -> None:
             assert close.mean() > 0.9
 
 
+def test_flip_only_transform_keeps_every_box_and_mirrors_some() -> None:
+    rng = np.random.default_rng(0)
+    transform = TrainTransform(96, seed=2, photometric=False, crop=False, p=0.0)
+    flipped = 0
+    for _ in range(20):
+        sample, colors = _painted_sample(rng)
+        image, targets = transform(sample)
+        h, w = sample.image.shape[:2]
+        plain = sample.boxes / np.array([w, h, w, h], np.float32)
+        assert len(targets) == 3 and np.array_equal(targets[:, 4], [0, 1, 2])
+        mirrored = plain.copy()
+        mirrored[:, [0, 2]] = 1 - plain[:, [2, 0]]
+        if np.allclose(targets[:, :4], mirrored, atol=1e-6):
+            flipped += 1
+        else:
+            np.testing.assert_allclose(targets[:, :4], plain, atol=1e-6)
+        hwc = image.transpose(1, 2, 0)
+        for t in targets:  # the colours follow the boxes
+            x1, y1, x2, y2 = (t[:4] * 96).round().astype(int)
+            inner = hwc[y1 + 1:y2 - 1, x1 + 1:x2 - 1].reshape(-1, 3)
+            assert (np.abs(inner - colors[int(t[4])]).max(axis=1) < 40).mean() > 0.9
+    assert 3 < flipped < 17
+
+
 def test_train_transform_reseed_reproducible() -> None:
     sample, _ = _painted_sample(np.random.default_rng(0))
     t = TrainTransform(64, seed=5)
