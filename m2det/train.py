@@ -1,5 +1,5 @@
-"""Training: ``Trainer`` (SGD + warm-up + step/cosine decay, AMP on CUDA, DDP, exact resume,
-periodic COCO evaluation) and the ``m2det-train`` CLI.
+"""Training: ``Trainer`` (SGD or AdamW + warm-up + step/cosine decay, AMP -- float16 on CUDA,
+bfloat16 on the CPU --, DDP, exact resume, periodic COCO evaluation) and the ``m2det-train`` CLI.
 
 Reproducibility: every sample's augmentation is seeded by ``(seed, epoch, index)`` and every
 epoch's order by ``(seed, epoch)``, so the data a step sees does not depend on the number of
@@ -21,7 +21,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -309,9 +308,10 @@ class Trainer:
         if options.batch % self.world:
             raise M2DetError(f"batch {options.batch} is not divisible by {self.world} ranks")
         self.device = self._device(device)
-        self.use_amp = options.amp and self.device.type == "cuda"
-        if options.amp and not self.use_amp:
-            warnings.warn("--amp needs CUDA; training in float32", stacklevel=2)
+        # AMP: float16 + loss scaling on CUDA; bfloat16 on the CPU (no scaling needed; fast
+        # where oneDNN has AVX512-BF16/AMX kernels, slower than float32 elsewhere)
+        self.use_amp = options.amp
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.schedule = parse_schedule(options.schedule, options.lr, options.epochs,
                                        options.warmup_epochs, options.gamma)
         train_set = self._train_dataset()
@@ -347,7 +347,8 @@ class Trainer:
         self.priors = make_priors(config).to(self.device)
         self.criterion = MultiBoxLoss(config.num_classes, variance=config.variance)
         self.optimizer = make_optimizer(self.model, options, self.schedule(0.0))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp
+                                           and self.amp_dtype == torch.float16)
         self.step = 0  # optimizer steps taken
         if resume is not None:
             self._resume(Path(resume))
@@ -456,9 +457,9 @@ class Trainer:
         if self.options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = [t.to(self.device) for t in targets]
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             loc, conf = self.net(images)
-        loss_l, loss_c = self.criterion(loc, conf, self.priors, targets)
+        loss_l, loss_c = self.criterion(loc.float(), conf.float(), self.priors, targets)
         loss = loss_l + loss_c
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -647,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--strict", action="store_true", help="missing/corrupt images are errors")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--init-backbone", help="backbone weights, e.g. vgg16_reducedfc.pth")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")

@@ -175,6 +175,8 @@ def test_cli_error_paths(shapes: Path, tmp_path: Path,
                                    "--out", out)
     assert "unknown schedule" in _cli(capsys, "--config", "m2det_tiny", "--data", str(shapes),
                                       "--out", out, "--schedule", "linear")
+    assert "must be in (0, 1)" in _cli(capsys, "--config", "m2det_tiny", "--data", str(shapes),
+                                       "--out", out, "--background-prior", "1")
 
 
 def test_cli_trains_and_writes_metrics(shapes: Path, tmp_path: Path) -> None:
@@ -189,6 +191,20 @@ def test_cli_trains_and_writes_metrics(shapes: Path, tmp_path: Path) -> None:
     ckpt = read_checkpoint(out / "last.pth")
     assert ckpt["command"][:3] == ["m2det-train", "--config", "m2det_tiny"]
     assert ckpt["step"] == 2 and (out / "final.pth").is_file()
+
+
+def test_cpu_amp_trains_in_bfloat16_without_loss_scaling(shapes: Path, tmp_path: Path) -> None:
+    trainer = Trainer(CONFIG, _spec(shapes), _options(amp=True, epochs=1), tmp_path, device="cpu")
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    seen: list[torch.dtype] = []
+    trainer.model.head.conf[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = trainer.model.head.conf[0].weight.detach().clone()
+    images, targets = next(iter(trainer.loader))
+    terms = trainer.train_step(torch.as_tensor(images), [torch.as_tensor(t) for t in targets], 0.5)
+    assert seen == [torch.bfloat16]
+    assert all(np.isfinite(v) for v in terms.values())
+    assert trainer.model.head.conf[0].weight.dtype == torch.float32  # master weights stay fp32
+    assert not torch.equal(before, trainer.model.head.conf[0].weight)
 
 
 def test_data_folder_layout_finds_the_val_split(shapes: Path) -> None:
