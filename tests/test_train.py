@@ -250,7 +250,7 @@ def test_short_training_run_learns_the_shapes(tmp_path: Path) -> None:
     ann, images = str(tmp_path / "s/annotations/train.json"), str(tmp_path / "s/train")
     options = TrainOptions(epochs=60, batch=8, lr=0.002, optimizer="adamw", schedule="cosine",
                            warmup_epochs=1, augment="resize", bn_momentum=0.1, workers=0,
-                           progress=False, log_every=1)
+                           background_prior=0.99, progress=False, log_every=1)
     trainer = Trainer(get_config("m2det_tiny"), DataSpec(ann, images, ann, images), options,
                       tmp_path / "run", device="cpu")
     metrics = trainer.fit()
