@@ -1,4 +1,4 @@
-"""M2Det (Zhao et al., AAAI 2019) in PyTorch: model, priors, post-processing, data, training, eval."""
+"""M2Det (Zhao et al., AAAI 2019) in PyTorch: model, priors, post-processing, data, training."""
 
 __version__ = "0.1.0"
 
