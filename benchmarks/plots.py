@@ -48,7 +48,7 @@ _LABEL_OFFSETS = {"YOLOv3": (-38, 6), "RefineDet512": (5, -11)}
 _STAGE_COLORS = {"preprocess": "#8da0cb", "network": "#fc8d62", "nms": "#66c2a5"}
 
 
-def _save(fig: Any, png: Path) -> list[Path]:
+def save_figure(fig: Any, png: Path) -> list[Path]:
     """Write ``fig`` as ``png`` and the same name with ``.svg`` (atomically); close it."""
     paths = [png, png.with_suffix(".svg")]
     for path in paths:
@@ -148,7 +148,7 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
                  f"paper ({PAPER_DEVICE})", fontsize=11)  # fmt: skip
     fig.text(0.01, -0.01, note, fontsize=8.5, va="top", ha="left")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, Path(png))
+    return save_figure(fig, Path(png))
 
 
 def _threads(results: dict[str, Any]) -> str:
@@ -179,7 +179,7 @@ def plot_latency(results: dict[str, Any], png: str | Path) -> list[Path]:
     ax.set_title(f"Latency breakdown on {results['device']}, {_threads(results)}", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, Path(png))
+    return save_figure(fig, Path(png))
 
 
 def plot_all(results: dict[str, Any], png: str | Path) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.plots import _save, plt
+from benchmarks.plots import plt, save_figure
 from m2det.errors import M2DetError
 
 
@@ -62,7 +62,7 @@ def plot_training(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any] | N
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:

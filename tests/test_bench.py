@@ -194,3 +194,21 @@ def test_demo_end_to_end_on_a_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -
     for name in ("demo.png", "demo_latency.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
         assert (out / name).with_suffix(".svg").is_file()
+
+
+def test_training_curve_plots_runs_and_rejects_bad_files(tmp_path: Path) -> None:
+    from benchmarks.training_curve import main as curve_main
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 10 * i, "loss_l": 3.0 / i, "loss_c": 5.0 / i, "images_per_s": 40.0,
+             "elapsed_s": 4.0 * i} for i in range(1, 31)]
+    rows.append({"step": 300, "eval": {"AP": 0.5, "AP50": 0.75}})
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    png = tmp_path / "out" / "curves.png"
+    assert curve_main([str(metrics), "--label", "run", "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000 and png.with_suffix(".svg").is_file()
+    assert curve_main([str(metrics), "--label", "a", "--label", "b", "--out", str(png)]) == 2
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"step": 1, "eval": {"AP": 0.0, "AP50": 0.0}}) + "\n")
+    assert curve_main([str(empty), "--out", str(png)]) == 2
+    assert curve_main([str(tmp_path / "missing.jsonl"), "--out", str(png)]) == 2
