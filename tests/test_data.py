@@ -145,6 +145,20 @@ def _painted_sample(rng: np.random.Generator) -> tuple[Sample, np.ndarray]:
     return Sample(image, boxes, np.arange(3, dtype=np.int64), 0), colors
 
 
+def _assert_colours_follow_boxes(image: np.ndarray, targets: np.ndarray,
+                                 colors: np.ndarray) -> None:
+    """Inside each target box (image [3,S,S], targets normalized) >90% of the pixels have the
+    colour its label was painted with; boxes under 4 inner pixels are skipped."""
+    size = image.shape[-1]
+    hwc = image.transpose(1, 2, 0)
+    for t in targets:
+        x1, y1, x2, y2 = (t[:4] * size).round().astype(int)
+        inner = hwc[y1 + 1:y2 - 1, x1 + 1:x2 - 1].reshape(-1, 3)
+        if len(inner) < 4:
+            continue
+        assert (np.abs(inner - colors[int(t[4])]).max(axis=1) < 40).mean() > 0.9
+
+
 def test_train_transform_geometry_consistent() -> None:
     rng = np.random.default_rng(0)
     transform = TrainTransform(96, seed=1, photometric=False)
@@ -155,14 +169,7 @@ def test_train_transform_geometry_consistent() -> None:
         assert targets.dtype == np.float32 and targets.shape[1] == 5 and len(targets) >= 1
         assert (targets[:, :4] >= 0).all() and (targets[:, :4] <= 1).all()
         assert (targets[:, 2] > targets[:, 0]).all() and (targets[:, 3] > targets[:, 1]).all()
-        hwc = image.transpose(1, 2, 0)
-        for t in targets:
-            x1, y1, x2, y2 = (t[:4] * 96).round().astype(int)
-            inner = hwc[y1 + 1:y2 - 1, x1 + 1:x2 - 1].reshape(-1, 3)
-            if len(inner) < 4:
-                continue
-            close = np.abs(inner - colors[int(t[4])]).max(axis=1) < 40
-            assert close.mean() > 0.9
+        _assert_colours_follow_boxes(image, targets, colors)
 
 
 def test_flip_only_transform_keeps_every_box_and_mirrors_some() -> None:
@@ -181,11 +188,7 @@ def test_flip_only_transform_keeps_every_box_and_mirrors_some() -> None:
             flipped += 1
         else:
             np.testing.assert_allclose(targets[:, :4], plain, atol=1e-6)
-        hwc = image.transpose(1, 2, 0)
-        for t in targets:  # the colours follow the boxes
-            x1, y1, x2, y2 = (t[:4] * 96).round().astype(int)
-            inner = hwc[y1 + 1:y2 - 1, x1 + 1:x2 - 1].reshape(-1, 3)
-            assert (np.abs(inner - colors[int(t[4])]).max(axis=1) < 40).mean() > 0.9
+        _assert_colours_follow_boxes(image, targets, colors)
     assert 3 < flipped < 17
 
 
