@@ -224,6 +224,7 @@ class TrainOptions:
     channels_last: bool = True  # NHWC activations: faster convolutions on CPU
     bn_momentum: float | None = None  # override BatchNorm momentum (released: 0.01 in BasicConv)
     background_prior: float | None = None  # initial P(background) of the conf head (released: none)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
     progress: bool = True
     nms: dict[str, Any] = field(default_factory=lambda: {"score_threshold": 0.05,
                                                         "max_detections": 100})
@@ -278,6 +279,26 @@ def make_optimizer(model: nn.Module, options: TrainOptions, lr: float) -> torch.
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=options.weight_decay,
                                  fused=True)
     raise M2DetError(f"unknown optimizer {options.optimizer!r} (sgd, adamw)")
+
+
+def ema_update(decay: float) -> Any:
+    """``AveragedModel`` update for an exponential moving average of weights and buffers.
+
+    The effective decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as
+    TensorFlow's ``ExponentialMovingAverage``), so the average forgets the random init quickly;
+    integer buffers (BatchNorm's ``num_batches_tracked``) are copied."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+            return
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, weight)
+
+    return update
 
 
 def make_predict(model: M2Det, nms: dict[str, Any], device: torch.device) -> Any:
@@ -344,6 +365,9 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.momentum = options.bn_momentum
+        # evaluation and final.pth use the moving average of the weights when --ema is on
+        self.ema = None if not options.ema else torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=ema_update(options.ema), use_buffers=True)
         self.net: nn.Module = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -407,6 +431,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {**asdict(self.schedule), "step": self.step},
             "scaler": self.scaler.state_dict(),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
             "rng": rng_state(),
@@ -437,9 +462,16 @@ class Trainer:
             raise M2DetError(f"{path} was trained on other data (steps per epoch "
                              f"{data.get('steps_per_epoch')}, seed {data.get('seed')}); resume "
                              "with the same dataset, batch and --seed")
+        optimizer = (ckpt.get("options") or {}).get("optimizer", self.options.optimizer)
+        if optimizer != self.options.optimizer:
+            raise M2DetError(f"{path} was trained with --optimizer {optimizer}; resume with it")
+        if self.ema is not None and "ema" not in ckpt:
+            raise M2DetError(f"{path} was trained without --ema; resume it without --ema")
         check_and_load(self.model, ckpt["model"], source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
         set_rng_state(ckpt["rng"])
 
@@ -472,6 +504,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         return {"loss": loss.item(), "loss_l": loss_l.item(), "loss_c": loss_c.item(), "lr": lr}
 
@@ -523,7 +557,7 @@ class Trainer:
                            "eval": metrics})
                 self.model.train()
         if self.step >= total and self.rank == 0:
-            atomic_torch_save({"format": FORMAT, "model": self.model.state_dict(),
+            atomic_torch_save({"format": FORMAT, "model": self.deployed.state_dict(),
                                "config": self.config.to_dict(), "step": self.step,
                                "command": self.command, "eval": metrics},
                               self.out / "final.pth")
@@ -544,14 +578,20 @@ class Trainer:
         every = self.options.eval_every
         return last or epoch == self.options.epochs or (every > 0 and epoch % every == 0)
 
+    @property
+    def deployed(self) -> M2Det:
+        """The weights that are evaluated and saved as final.pth: the moving average under
+        --ema, else the trained model."""
+        return self.model if self.ema is None else self.ema.module  # type: ignore[return-value]
+
     def evaluate(self) -> dict[str, Any]:
-        """COCO AP of the current weights on the validation set (rank 0; {} elsewhere)."""
+        """COCO AP of the deployed weights on the validation set (rank 0; {} elsewhere)."""
         if self.rank != 0 or self.data.val_ann is None or self.data.val_images is None:
             return {}
         from m2det.coco_eval import evaluate_coco
 
-        self.model.eval()
-        predict = make_predict(self.model, self.options.nms, self.device)
+        self.deployed.eval()
+        predict = make_predict(self.deployed, self.options.nms, self.device)
         result = evaluate_coco(predict, self.data.val_ann, self.data.val_images,
                                config_labels=self.config.labels, limit=self.options.eval_limit,
                                batch=16, progress=self.options.progress)
@@ -646,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-prior", type=float, metavar="P",
                    help="start the classifier at P(background)=P, e.g. 0.99 (released: uniform); "
                         "much faster convergence from scratch")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate and save an exponential moving average of the weights with "
+                        "this decay, e.g. 0.998 (default 0: off)")
     p.add_argument("--augment", choices=("ssd", "flip", "resize"), default="ssd",
                    help="ssd: crop/colour/zoom-out/flip as released; flip: horizontal flip only "
                         "(short runs from scratch); resize: no augmentation")
@@ -674,12 +717,14 @@ def main(argv: list[str] | None = None) -> int:
             photometric=not args.no_photometric, eval_every=args.eval_every,
             eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
             max_minutes=args.max_minutes, augment=args.augment, bn_momentum=args.bn_momentum,
-            background_prior=args.background_prior,
+            background_prior=args.background_prior, ema=args.ema,
             progress=not args.no_progress)
         if args.epochs < 1 or args.batch < 1:
             raise M2DetError("--epochs and --batch must be >= 1")
         if args.background_prior is not None and not 0.0 < args.background_prior < 1.0:
             raise M2DetError("--background-prior must be in (0, 1), e.g. 0.99")
+        if not 0.0 <= args.ema < 1.0:
+            raise M2DetError("--ema must be in [0, 1), e.g. 0.998 (0: off)")
         if args.resume is not None and not Path(args.resume).is_file():
             raise M2DetError(f"checkpoint not found: {args.resume}")
         command = ["m2det-train", *(sys.argv[1:] if argv is None else argv)]

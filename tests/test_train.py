@@ -25,6 +25,7 @@ from m2det.train import (
     TrainOptions,
     build_parser,
     data_spec,
+    ema_update,
     main,
     parse_schedule,
     rng_state,
@@ -134,6 +135,42 @@ def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_ema_update_ramps_up_its_decay_and_copies_integer_buffers() -> None:
+    update = ema_update(0.99)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(1))  # decay min(0.99, 2/11): 9/11 of the new value
+    assert torch.allclose(averaged[0], torch.full((3,), 9 / 11))
+    averaged = [torch.zeros(3)]
+    update(averaged, current, torch.tensor(10_000))  # ramped up: the decay itself
+    assert torch.allclose(averaged[0], torch.full((3,), 0.01))
+    counts = [torch.tensor(3)]
+    update(counts, [torch.tensor(7)], torch.tensor(5))
+    assert counts[0].item() == 7
+
+
+def test_ema_resumes_exactly_and_is_what_final_pth_holds(shapes: Path, tmp_path: Path) -> None:
+    opts = _options(optimizer="adamw", lr=0.003, ema=0.9)
+    straight = Trainer(CONFIG, _spec(shapes), opts, tmp_path / "a", device="cpu")
+    straight.fit()
+    Trainer(CONFIG, _spec(shapes), opts, tmp_path / "b", device="cpu").fit(stop_at_step=4)
+    resumed = Trainer(CONFIG, _spec(shapes), opts, tmp_path / "b", device="cpu",
+                      resume=tmp_path / "b/last.pth")
+    resumed.fit()
+    assert straight.ema is not None and resumed.ema is not None
+    a, b = straight.ema.state_dict(), resumed.ema.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(b["n_averaged"]) == 6
+    final = read_checkpoint(tmp_path / "b/final.pth")["model"]
+    deployed, trained = resumed.ema.module.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(final[k], deployed[k]) for k in final)
+    assert not torch.equal(final["head.conf.0.weight"], trained["head.conf.0.weight"])
+    no_ema = _options(optimizer="adamw", lr=0.003)
+    Trainer(CONFIG, _spec(shapes), no_ema, tmp_path / "c", device="cpu").fit(stop_at_step=1)
+    with pytest.raises(M2DetError, match="without --ema"):
+        Trainer(CONFIG, _spec(shapes), opts, tmp_path / "c", device="cpu",
+                resume=tmp_path / "c/last.pth")
+
+
 def test_resume_rejects_other_config_and_other_data(shapes: Path, tmp_path: Path) -> None:
     opts = _options(epochs=1)
     Trainer(CONFIG, _spec(shapes), opts, tmp_path, device="cpu").fit(stop_at_step=1)
@@ -141,6 +178,9 @@ def test_resume_rejects_other_config_and_other_data(shapes: Path, tmp_path: Path
     with pytest.raises(M2DetError, match="config 'm2det_test'.*differs"):
         Trainer(other, _spec(shapes), opts, tmp_path, device="cpu",
                 resume=tmp_path / "last.pth")
+    with pytest.raises(M2DetError, match="--optimizer sgd"):
+        Trainer(CONFIG, _spec(shapes), _options(epochs=1, optimizer="adamw"), tmp_path,
+                device="cpu", resume=tmp_path / "last.pth")
     with pytest.raises(M2DetError, match="other data"):
         Trainer(CONFIG, _spec(shapes), _options(epochs=1, batch=2), tmp_path, device="cpu",
                 resume=tmp_path / "last.pth")
@@ -175,6 +215,8 @@ def test_cli_error_paths(shapes: Path, tmp_path: Path,
                                    "--out", out)
     assert "unknown schedule" in _cli(capsys, "--config", "m2det_tiny", "--data", str(shapes),
                                       "--out", out, "--schedule", "linear")
+    assert "--ema must be in [0, 1)" in _cli(capsys, "--config", "m2det_tiny", "--data",
+                                             str(shapes), "--out", out, "--ema", "1")
     assert "must be in (0, 1)" in _cli(capsys, "--config", "m2det_tiny", "--data", str(shapes),
                                        "--out", out, "--background-prior", "1")
 
