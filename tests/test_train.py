@@ -23,9 +23,9 @@ from m2det.train import (
     EpochBatches,
     Trainer,
     TrainOptions,
+    WeightEMA,
     build_parser,
     data_spec,
-    ema_update,
     main,
     parse_schedule,
     rng_state,
@@ -135,17 +135,21 @@ def test_resume_continues_exactly(shapes: Path, tmp_path: Path) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_ema_update_ramps_up_its_decay_and_copies_integer_buffers() -> None:
-    update = ema_update(0.99)
-    averaged, current = [torch.zeros(3)], [torch.ones(3)]
-    update(averaged, current, torch.tensor(1))  # decay min(0.99, 2/11): 9/11 of the new value
-    assert torch.allclose(averaged[0], torch.full((3,), 9 / 11))
-    averaged = [torch.zeros(3)]
-    update(averaged, current, torch.tensor(10_000))  # ramped up: the decay itself
-    assert torch.allclose(averaged[0], torch.full((3,), 0.01))
-    counts = [torch.tensor(3)]
-    update(counts, [torch.tensor(7)], torch.tensor(5))
-    assert counts[0].item() == 7
+def test_weight_ema_ramps_up_its_decay_and_copies_integer_buffers() -> None:
+    model = torch.nn.BatchNorm1d(3)
+    ema = WeightEMA(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # the average starts at 1.0
+    model.num_batches_tracked.fill_(7)
+    ema.update()  # decay min(0.99, 1/10): 0.9 of the new value
+    assert torch.allclose(ema.module.weight, torch.full((3,), 1.9))
+    assert ema.module.num_batches_tracked.item() == 7 and ema.updates == 1
+    ema.updates = 10_000  # ramped up: the decay itself
+    ema.update()
+    assert torch.allclose(ema.module.weight, torch.full((3,), 1.9 + 0.01 * 0.1))
+    restored = WeightEMA(model, decay=0.99)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 10_001 and torch.equal(restored.module.weight, ema.module.weight)
 
 
 def test_ema_resumes_exactly_and_is_what_final_pth_holds(shapes: Path, tmp_path: Path) -> None:
@@ -158,8 +162,9 @@ def test_ema_resumes_exactly_and_is_what_final_pth_holds(shapes: Path, tmp_path:
     resumed.fit()
     assert straight.ema is not None and resumed.ema is not None
     a, b = straight.ema.state_dict(), resumed.ema.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert int(b["n_averaged"]) == 6
+    assert a["module"].keys() == b["module"].keys()
+    assert all(torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+    assert b["updates"] == 6
     final = read_checkpoint(tmp_path / "b/final.pth")["model"]
     deployed, trained = resumed.ema.module.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(final[k], deployed[k]) for k in final)
