@@ -9,12 +9,14 @@ TensorRT ever sees it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -22,6 +24,8 @@ import onnx
 from export.calibration import CALIB_METHODS
 from export.onnx_export import INPUT, POSTPROCESS_PATTERN
 from m2det.errors import M2DetError
+
+T = TypeVar("T")
 
 #: Percentile of |activation| taken as the INT8 range by ``--calib-method percentile``.
 PERCENTILE = 99.99
@@ -114,29 +118,48 @@ def _ort_int8(raw_path: str | Path, calibration: np.ndarray, method: str) -> onn
     activations; ``method`` maps to ORT's Entropy/MinMax/Percentile. The detection head (its convs
     and the flatten/concat, ``/model/head/*``) is excluded with the post-processing: ORT quantizes
     every quantized op's output, which would put the box offsets and logits through 8 bits before
-    the decode and the softmax."""
+    the decode and the softmax. Runs in a fresh interpreter (see :func:`_unpatched_ort`)."""
+    with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp:
+        out = os.path.join(tmp, "int8.onnx")
+        _unpatched_ort(_ort_quantize_static, str(raw_path), out, calibration, method)
+        return onnx.load(out)
+
+
+def _unpatched_ort(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a spawned interpreter. Once ModelOpt has quantized, it has replaced ONNX
+    Runtime's calibrator methods process-wide: histograms are then merged batch by batch and
+    widen with every new maximum (one tensor of ``m2det_tiny`` reached 204,578 bins over 64
+    images, against ORT's 128), which turns ORT's entropy search into hours. ORT's own recipes must
+    not inherit that, whatever ran before them in the caller's process."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def _ort_quantize_static(raw_path: str, out: str, calibration: np.ndarray, method: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    graph = onnx.load(str(raw_path), load_external_data=False).graph
+    graph = onnx.load(raw_path, load_external_data=False).graph
     keep_float = [n.name for n in graph.node
                   if re.match(POSTPROCESS_PATTERN, n.name) or n.name.startswith("/model/head/")]
     calibrate = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
                  "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp:
-        out = os.path.join(tmp, "int8.onnx")
-        quantize_static(
-            str(raw_path), out, _Reader(calibration), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=_every_node(graph), nodes_to_exclude=keep_float, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=calibrate, extra_options={"CalibPercentile": PERCENTILE},
-        )  # fmt: skip
-        return onnx.load(out)
+    quantize_static(
+        raw_path, out, _Reader(calibration), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=_every_node(graph), nodes_to_exclude=keep_float, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=calibrate, extra_options={"CalibPercentile": PERCENTILE},
+    )  # fmt: skip
 
 
 def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
                       workdir: str) -> dict[str, float]:
     """Per-tensor symmetric range (the :data:`PERCENTILE` percentile of |x|) of every float tensor
-    the ORT calibrator can observe, over ``calibration`` [N,3,S,S] fed one image at a time."""
+    the ORT calibrator can observe, over ``calibration`` [N,3,S,S] fed one image at a time (in a
+    fresh interpreter, see :func:`_unpatched_ort`)."""
+    return _unpatched_ort(_percentile_ranges, str(raw_path), calibration, workdir)
+
+
+def _percentile_ranges(raw_path: str, calibration: np.ndarray, workdir: str) -> dict[str, float]:
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     graph = onnx.load(str(raw_path), load_external_data=False).graph

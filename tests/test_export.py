@@ -189,6 +189,25 @@ def test_int8_onnxruntime_recipe_fuses_convs_and_keeps_head_float(raw_path: Path
     assert 0 < parity.scores_max < 0.05 and parity.boxes_max < 0.05, parity.line()
 
 
+def _ort_histogram_collect_value() -> str:
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    return HistogramCollector.collect_value.__module__
+
+
+def test_ort_recipes_run_without_modelopt_s_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ModelOpt rebinds ORT's calibrator methods process-wide once it has quantized; ORT's own
+    # recipes run in a spawned interpreter that sees ORT's originals whatever the caller did
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    def patched(self: object, name_to_arr: object) -> None: ...
+
+    monkeypatch.setattr(HistogramCollector, "collect_value", patched)
+    assert _ort_histogram_collect_value() == __name__  # patched here...
+    assert precision._unpatched_ort(_ort_histogram_collect_value) == \
+        "onnxruntime.quantization.calibrate"  # ...not there
+
+
 def test_calibration_cache_is_what_modelopt_reads(tmp_path: Path) -> None:
     from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
