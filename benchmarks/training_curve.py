@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_training(runs, args.batch, args.out, args.title, args.window):
             print(path)
     except M2DetError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"training_curve: error: {err}", file=sys.stderr)
         return 2
     return 0
 

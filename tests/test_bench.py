@@ -196,7 +196,8 @@ def test_demo_end_to_end_on_a_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -
         assert (out / name).with_suffix(".svg").is_file()
 
 
-def test_training_curve_plots_runs_and_rejects_bad_files(tmp_path: Path) -> None:
+def test_training_curve_plots_runs_and_rejects_bad_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.training_curve import main as curve_main
 
     metrics = tmp_path / "metrics.jsonl"
@@ -212,3 +213,5 @@ def test_training_curve_plots_runs_and_rejects_bad_files(tmp_path: Path) -> None
     empty.write_text(json.dumps({"step": 1, "eval": {"AP": 0.0, "AP50": 0.0}}) + "\n")
     assert curve_main([str(empty), "--out", str(png)]) == 2
     assert curve_main([str(tmp_path / "missing.jsonl"), "--out", str(png)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("training_curve: error: ") for e in errors)
