@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness
-from benchmarks.harness import BenchSettings, Variant, VariantPlan
-from export.precision import PLACEMENTS
+from m2det.benchmarks import harness
+from m2det.benchmarks.harness import BenchSettings, Variant, VariantPlan
+from m2det.export.precision import PLACEMENTS
 from m2det.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
@@ -115,7 +115,7 @@ def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSettings) -> Variant:
     """The one variant of an ``--onnx`` file or ``--engine`` plan (config read from the file)."""
-    from engines.registry import load_runner
+    from m2det.engines.registry import load_runner
 
     if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
         raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints: an ONNX "
@@ -135,7 +135,7 @@ def _calibration_images(args: argparse.Namespace) -> list[Any]:
 
 def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     """[(checkpoint, weights)] to make variants from, and notes for the results."""
-    from engines.registry import default_checkpoint
+    from m2det.engines.registry import default_checkpoint
     from m2det.checkpoint import read_checkpoint, resolve_config
 
     if args.sweep:
@@ -192,7 +192,7 @@ def _bench(argv: Sequence[str] | None) -> int:
 
 
 def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
-    from benchmarks.plots import plot_all
+    from m2det.benchmarks.plots import plot_all
 
     print(f"\nm2det-bench on {results['device']} ({results['settings']['protocol']} protocol, "
           f"NMS {results['settings']['nms']}):")  # fmt: skip

@@ -4,7 +4,7 @@
 2. its synthetic val set regenerated (``m2det.shapes.generate`` with the seed and image size its
    JSON sidecar records) into a cache folder, plus a few train-split images for INT8 calibration;
 3. FP32 / FP16 (AutoCast) / INT8 (ModelOpt Q/DQ) ONNX files exported with ``export``;
-4. torch and ONNX Runtime runners measured by ``benchmarks.harness``: COCO AP on the val set and
+4. torch and ONNX Runtime runners measured by ``m2det.benchmarks.harness``: COCO AP on the val set and
    latency (preprocess / network / NMS) at batch 1 and 8; CUDA rows (torch, ONNX Runtime's CUDA
    provider) and TensorRT plans are added automatically where the machine has them;
 5. the results as JSON, a Markdown table and FPS-vs-AP / latency plots (PNG + SVG) in ``--out``.
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness
-from benchmarks.cli import int_list
-from benchmarks.harness import BenchSettings, VariantPlan
+from m2det.benchmarks import harness
+from m2det.benchmarks.cli import int_list
+from m2det.benchmarks.harness import BenchSettings, VariantPlan
 from m2det.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_bytes, atomic_write_json
@@ -126,7 +126,7 @@ def cuda_plan(cpu: VariantPlan) -> VariantPlan | None:
         return None
     import onnxruntime as ort
 
-    from export.precision import tensorrt_usable
+    from m2det.export.precision import tensorrt_usable
 
     backends = ["torch"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -138,7 +138,7 @@ def cuda_plan(cpu: VariantPlan) -> VariantPlan | None:
 
 def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
     """demo.json, demo_table.md, demo.png/.svg (FPS vs AP), demo_latency.png/.svg."""
-    from benchmarks.plots import plot_all
+    from m2det.benchmarks.plots import plot_all
 
     atomic_write_json(out / "demo.json", results)
     lines = [f"# m2det-demo results ({results['date']})", "",
@@ -158,7 +158,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _demo(argv: Sequence[str] | None) -> int:
-    from engines.registry import default_checkpoint
+    from m2det.engines.registry import default_checkpoint
     from m2det.checkpoint import read_checkpoint, resolve_config
 
     args = build_parser().parse_args(argv)

@@ -6,7 +6,7 @@ Both parts run the files through the same runner and COCO evaluation as ``m2det-
 Targets: FP16 within 0.1 AP point of FP32, INT8 within 1.0 AP point; INT8 >= 1.5x faster than
 FP32 on the CPU. Results: ``benchmarks/results/export_accuracy.json`` (+ a table on stdout).
 
-    python -m benchmarks.export_accuracy [--ckpt m2det/assets/m2det_tiny_shapes.pth]
+    python -m m2det.benchmarks.export_accuracy [--ckpt m2det/assets/m2det_tiny_shapes.pth]
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import m2det
-from engines.base import Runner
-from engines.onnx_runner import OnnxRunner
-from engines.registry import BUNDLED_CHECKPOINT
-from engines.torch_runner import TorchRunner
-from export.calibration import load_calibration_images
-from export.cli import main as export_main
-from export.onnx_export import ort_session, random_images, save_model, set_metadata
-from export.precision import to_int8
+from m2det.engines.base import Runner
+from m2det.engines.onnx_runner import OnnxRunner
+from m2det.engines.registry import BUNDLED_CHECKPOINT
+from m2det.engines.torch_runner import TorchRunner
+from m2det.export.calibration import load_calibration_images
+from m2det.export.cli import main as export_main
+from m2det.export.onnx_export import ort_session, random_images, save_model, set_metadata
+from m2det.export.precision import to_int8
 from m2det.coco_eval import evaluate_coco
 from m2det.config import get_config
 from m2det.nms import get_nms_params
@@ -111,7 +111,7 @@ def _latency(path: str, size: int, threads: int | None, iters: int,
 
 def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """ORT CPU latency (batch 1) of the FP32 raw graph of ``args.latency_config`` and of its INT8
-    files from every recipe of ``export.precision.PLACEMENTS``."""
+    files from every recipe of ``m2det.export.precision.PLACEMENTS``."""
     import torch
 
     from m2det.checkpoint import save_model as save_checkpoint
@@ -176,7 +176,7 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.export_accuracy", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.export_accuracy", description=__doc__)
     p.add_argument("--ckpt", type=Path, default=BUNDLED_CHECKPOINT,
                    help="m2det_tiny shapes checkpoint (default: the bundled one)")
     p.add_argument("--val", type=int, default=200, help="val images generated (default 200)")

@@ -1,6 +1,6 @@
 """The measurement core of ``m2det-bench`` and ``m2det-demo``.
 
-Everything is measured through the runner protocol (``engines.base.Runner``), one *variant*
+Everything is measured through the runner protocol (``m2det.engines.base.Runner``), one *variant*
 (artifact + backend + precision + input size) at a time:
 
 - **Latency**, split into preprocess (``m2det.preprocess.preprocess``: the resize of real BGR
@@ -19,7 +19,7 @@ Everything is measured through the runner protocol (``engines.base.Runner``), on
 
 Variants are made from a checkpoint (or seeded random weights when only speed is measured):
 ONNX FP32/FP16/INT8 files by ``export`` (raw graph, AutoCast, ModelOpt Q/DQ) and TensorRT plans by
-``engines.build`` where TensorRT is installed.
+``m2det.engines.build`` where TensorRT is installed.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engines.base import Runner, now_ms
+from m2det.engines.base import Runner, now_ms
 from m2det.config import M2DetConfig, get_config
 from m2det.errors import M2DetError
 from m2det.preprocess import list_images, preprocess, read_image
@@ -319,7 +319,7 @@ def accuracy(runner: Runner, ann: Path, images: Path, limit: int | None,
 # ----------------------------------------------------------------------------- one variant
 def open_runner(variant: Variant, settings: BenchSettings) -> Runner:
     """The runner for ``variant`` (registry dispatch by suffix), NMS and threads from settings."""
-    from engines.registry import load_runner
+    from m2det.engines.registry import load_runner
 
     nms = settings.nms_params()
     kw: dict[str, Any] = {}
@@ -381,7 +381,7 @@ class VariantPlan:
 
     @property
     def placement(self) -> str:
-        """The INT8 recipe (``export.precision.PLACEMENTS``): "auto" is "onnxruntime" (ORT's own
+        """The INT8 recipe (``m2det.export.precision.PLACEMENTS``): "auto" is "onnxruntime" (ORT's own
         QDQ quantization, which its CPU provider fuses into integer convolutions) on a CPU, and
         "tensorrt" (ModelOpt's placement, what TensorRT fuses) on CUDA or for TensorRT."""
         if self.qdq_placement != "auto":
@@ -398,13 +398,13 @@ class VariantPlan:
             raise M2DetError(f"unknown precision {bad[0]!r}; valid: {', '.join(PRECISIONS)}")
         if not self.backends or not self.precisions:
             raise M2DetError("need at least one backend and one precision")
-        from export.precision import PLACEMENTS
+        from m2det.export.precision import PLACEMENTS
 
         if self.qdq_placement not in ("auto", *PLACEMENTS):
             raise M2DetError(f"unknown INT8 recipe {self.qdq_placement!r}; valid: auto, "
                              f"{', '.join(PLACEMENTS)}")  # fmt: skip
         if "tensorrt" in self.backends:
-            from engines.build import require_tensorrt
+            from m2det.engines.build import require_tensorrt
 
             require_tensorrt()
 
@@ -482,13 +482,13 @@ def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
     """``ckpt`` -> ``out_dir/<config>[_fp16|_int8].onnx`` (dynamic batch, raw graph) for each of
     ``precisions`` with the ``export`` package: FP32 by the raw export, FP16 by AutoCast and INT8
     by ModelOpt PTQ, both from the FP32 file. ``calibration``: [N,3,S,S] float32 images (INT8);
-    ``placement``: the INT8 recipe (``export.precision.PLACEMENTS``: "onnxruntime" for ONNX
+    ``placement``: the INT8 recipe (``m2det.export.precision.PLACEMENTS``: "onnxruntime" for ONNX
     Runtime on a CPU, "tensorrt" for TensorRT)."""
     import onnx
 
-    from export import precision as prec
-    from export.cli import load_inference_model
-    from export.onnx_export import check_model, export_raw, save_model, set_metadata
+    from m2det.export import precision as prec
+    from m2det.export.cli import load_inference_model
+    from m2det.export.onnx_export import check_model, export_raw, save_model, set_metadata
 
     module = load_inference_model(ckpt, None)
     cfg = module.model.config
@@ -519,7 +519,7 @@ def export_onnx(ckpt: Path, precisions: Sequence[str], out_dir: Path,
 
 def build_plan(onnx_path: Path, max_batch: int) -> Path:
     """A TensorRT plan of ``onnx_path`` for batches 1..``max_batch`` (needs TensorRT and a GPU)."""
-    from engines.build import build_engine
+    from m2det.engines.build import build_engine
 
     return Path(build_engine(onnx_path, batch=(1, max_batch, max_batch)))
 
@@ -617,7 +617,7 @@ def library_versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             return None
 
-    from export.precision import tensorrt_usable
+    from m2det.export.precision import tensorrt_usable
 
     trt = None
     if tensorrt_usable():

@@ -1,6 +1,6 @@
 """CPU soft-NMS timing: ``m2det.nms`` against the original compiled ``cpu_soft_nms`` figures.
 
-Run ``python -m benchmarks.nms_cpu [--repeats N] [--out PATH]``. Single-class cases time
+Run ``python -m m2det.benchmarks.nms_cpu [--repeats N] [--out PATH]``. Single-class cases time
 ``soft_nms`` on clustered boxes (jittered copies of a few objects, scores in (0.1, 1)) and on
 uniformly placed small boxes (few overlaps, so nearly all are emitted when unlimited); the
 full-image case times ``batched_nms`` on one image of 80 classes whose scores come from a softmax

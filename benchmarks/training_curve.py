@@ -1,6 +1,6 @@
 """Loss curves of ``m2det-train`` runs from their ``metrics.jsonl`` (PNG + SVG).
 
-    python -m benchmarks.training_curve A/metrics.jsonl [B/metrics.jsonl ...] [--label A ...]
+    python -m m2det.benchmarks.training_curve A/metrics.jsonl [B/metrics.jsonl ...] [--label A ...]
         --out benchmarks/results/training/runs.png
 
 Plots the classification (solid) and localization (dashed) loss terms of each run against
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.plots import plt, save_figure
+from m2det.benchmarks.plots import plt, save_figure
 from m2det.errors import M2DetError
 
 
@@ -66,7 +66,7 @@ def plot_training(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.training_curve", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.training_curve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", type=Path, nargs="+", help="metrics.jsonl of m2det-train runs")
     p.add_argument("--label", action="append", default=[], help="one per metrics file")

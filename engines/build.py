@@ -33,7 +33,7 @@ from m2det.io import atomic_write, atomic_write_bytes, atomic_write_json
 if TYPE_CHECKING:
     import tensorrt
 
-    from engines.cuda_memory import GpuInfo
+    from m2det.engines.cuda_memory import GpuInfo
 
 #: The plugin op type / version the NMS graph uses (design §2).
 PLUGIN_OP = "M2Det_SoftNMS_TRT"
@@ -265,10 +265,10 @@ PLUGIN_LIBRARY = "libm2det_plugins.so"
 
 def resolve_plugin_library(plugin_lib: str | Path | None) -> Path | None:
     """An explicit path (must exist), else ``$M2DET_PLUGIN_LIB``, else ``libm2det_plugins.so``
-    in the soft-NMS build folder (``engines.soft_nms_kernel.library_dir()``) if built, else None."""
+    in the soft-NMS build folder (``m2det.engines.soft_nms_kernel.library_dir()``) if built, else None."""
     chosen = plugin_lib or os.environ.get("M2DET_PLUGIN_LIB")
     if not chosen:
-        from engines.soft_nms_kernel import library_dir
+        from m2det.engines.soft_nms_kernel import library_dir
 
         built = library_dir() / PLUGIN_LIBRARY
         return built.resolve() if built.is_file() else None
@@ -363,7 +363,7 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *,
     if workspace_gib <= 0:
         raise M2DetError(f"workspace must be > 0 GiB, got {workspace_gib}")
     trt_version = require_tensorrt()
-    from engines.cuda_memory import gpu_info
+    from m2det.engines.cuda_memory import gpu_info
 
     gpu = gpu_info()
     lib = resolve_plugin_library(plugin_lib)
@@ -504,7 +504,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``m2det-build``: exit 0 on success, 2 with one line on a user error."""
-    from engines.cli import run_cli
+    from m2det.engines.cli import run_cli
 
     return run_cli("m2det-build", _run, argv)
 

@@ -51,7 +51,7 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
 
 def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
     """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
-    from engines.registry import default_checkpoint, load_runner
+    from m2det.engines.registry import default_checkpoint, load_runner
     from m2det.config import get_config
 
     if args.config is not None:

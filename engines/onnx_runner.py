@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Runner, Timing, check_batch, now_ms
-from export.nms_graph import NMS_OUTPUTS, PLUGIN_OP
-from export.onnx_export import INPUT, RAW_OUTPUTS, config_from_metadata, ort_session, read_metadata
+from m2det.engines.base import Runner, Timing, check_batch, now_ms
+from m2det.export.nms_graph import NMS_OUTPUTS, PLUGIN_OP
+from m2det.export.onnx_export import INPUT, RAW_OUTPUTS, config_from_metadata, ort_session, read_metadata
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams, batched_nms

@@ -1,7 +1,7 @@
 """Artifact -> runner: the one place that knows which backend runs which file.
 
-``.pth``/``.pt`` -> ``TorchRunner``; ``.onnx`` -> ``engines.onnx_runner.OnnxRunner``;
-``.plan``/``.engine`` -> ``engines.trt_runner.TensorRTRunner``. Backends are imported lazily, so
+``.pth``/``.pt`` -> ``TorchRunner``; ``.onnx`` -> ``m2det.engines.onnx_runner.OnnxRunner``;
+``.plan``/``.engine`` -> ``m2det.engines.trt_runner.TensorRTRunner``. Backends are imported lazily, so
 a machine without ONNX Runtime or TensorRT can still run checkpoints; a missing backend is a
 one-line M2DetError.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import m2det
-from engines.base import Runner
+from m2det.engines.base import Runner
 from m2det.config import M2DetConfig
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
@@ -29,9 +29,9 @@ _ORT = "onnxruntime (pip install 'm2det-deploy[export]')"
 _TRT = "TensorRT (pip install 'm2det-deploy[trt]')"
 # suffixes -> (module, class, what to install when the backend's package is missing)
 _BACKENDS: dict[tuple[str, ...], tuple[str, str, str]] = {
-    TORCH_SUFFIXES: ("engines.torch_runner", "TorchRunner", "torch"),
-    ONNX_SUFFIXES: ("engines.onnx_runner", "OnnxRunner", _ORT),
-    TRT_SUFFIXES: ("engines.trt_runner", "TensorRTRunner", _TRT),
+    TORCH_SUFFIXES: ("m2det.engines.torch_runner", "TorchRunner", "torch"),
+    ONNX_SUFFIXES: ("m2det.engines.onnx_runner", "OnnxRunner", _ORT),
+    TRT_SUFFIXES: ("m2det.engines.trt_runner", "TensorRTRunner", _TRT),
 }
 # Third-party packages whose absence means "backend not installed", not a bug.
 _BACKEND_PACKAGES = {"onnxruntime", "tensorrt", "cuda", "pycuda"}
@@ -93,7 +93,7 @@ def _missing(e: ModuleNotFoundError, package: str) -> Exception:
     """An M2DetError when the backend (or its package) is not installed; other import errors are
     bugs and keep their traceback."""
     root = (e.name or "").split(".")[0]
-    if e.name and (e.name.startswith("engines.") or root in _BACKEND_PACKAGES):
+    if e.name and (e.name.startswith("m2det.engines.") or root in _BACKEND_PACKAGES):
         return M2DetError(f"this backend is not available here: needs {package} ({e.name} "
                           "is not importable)")  # fmt: skip
     return e

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import Runner, Timing, check_batch, now_ms
+from m2det.engines.base import Runner, Timing, check_batch, now_ms
 from m2det.checkpoint import load_model
 from m2det.config import M2DetConfig
 from m2det.detections import Detections

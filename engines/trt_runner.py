@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.base import Runner, Timing, check_batch, now_ms
-from engines.build import (
+from m2det.engines.base import Runner, Timing, check_batch, now_ms
+from m2det.engines.build import (
     INPUT_NAME,
     BatchProfile,
     check_plan_version,
@@ -30,7 +30,7 @@ from engines.build import (
     require_tensorrt,
     resolve_plugin_library,
 )
-from engines.cuda_memory import (
+from m2det.engines.cuda_memory import (
     CudaError,
     DeviceBuffer,
     Graph,

@@ -27,9 +27,9 @@ import onnx
 import torch
 
 import m2det
-from export import nms_graph, precision
-from export.calibration import CALIB_METHODS, load_calibration_images
-from export.onnx_export import (
+from m2det.export import nms_graph, precision
+from m2det.export.calibration import CALIB_METHODS, load_calibration_images
+from m2det.export.onnx_export import (
     check_model,
     compare_onnx,
     compare_with_torch,
@@ -266,11 +266,11 @@ def run(args: argparse.Namespace) -> Summary:
 
 
 def _build_engine(onnx_path: Path, batch: int | None, summary: Summary) -> None:
-    """Hand the last file to the TensorRT builder (``engines.build``) when TensorRT is installed."""
+    """Hand the last file to the TensorRT builder (``m2det.engines.build``) when TensorRT is installed."""
     if not precision.tensorrt_usable():
         print("[export] TensorRT is not installed: skipped the engine build (ONNX files written)")
         return
-    build = importlib.import_module("engines.build")  # the one sanctioned export -> engines call
+    build = importlib.import_module("m2det.engines.build")  # the one sanctioned export -> engines call
     plan = build.build_engine(onnx_path, batch=batch or (1, 1, 1))
     summary.files["engine"] = {"path": str(plan), "bytes": Path(plan).stat().st_size,
                                "precision": summary.files[list(summary.files)[-1]]["precision"],

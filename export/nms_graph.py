@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.defs import OpSchema
 
-from export.onnx_export import RAW_OUTPUTS
+from m2det.export.onnx_export import RAW_OUTPUTS
 from m2det.errors import M2DetError
 from m2det.nms import Method, NMSParams
 

@@ -1,6 +1,6 @@
 """Reduced-precision ONNX files (design §3): FP16 by ModelOpt AutoCast, INT8 by ModelOpt ONNX PTQ
 (explicit Q/DQ). The post-processing nodes (prior decode with its Exp, the softmax; tagged
-``/postprocess/*`` by :mod:`export.onnx_export`) stay FP32 and unquantized in both.
+``/postprocess/*`` by :mod:`m2det.export.onnx_export`) stay FP32 and unquantized in both.
 
 Every file produced here runs in ONNX Runtime on the CPU, so its accuracy is measured before
 TensorRT ever sees it.
@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 
-from export.calibration import CALIB_METHODS
-from export.onnx_export import INPUT, POSTPROCESS_PATTERN
+from m2det.export.calibration import CALIB_METHODS
+from m2det.export.onnx_export import INPUT, POSTPROCESS_PATTERN
 from m2det.errors import M2DetError
 
 T = TypeVar("T")

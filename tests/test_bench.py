@@ -11,10 +11,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from benchmarks import harness
-from benchmarks.cli import main as bench_main
-from engines.base import Runner, Timing
-from engines.cli import eval_main
+from m2det.benchmarks import harness
+from m2det.benchmarks.cli import main as bench_main
+from m2det.engines.base import Runner, Timing
+from m2det.engines.cli import eval_main
 from m2det.config import get_config
 from m2det.detections import Detections
 from m2det.errors import M2DetError
@@ -159,7 +159,7 @@ def test_bad_inputs_one_line_exit_2(args: list[str], message: str, tiny_ckpt: Pa
 
 
 def test_demo_reads_the_checkpoint_sidecar(tmp_path: Path) -> None:
-    from benchmarks.demo import read_val_spec
+    from m2det.benchmarks.demo import read_val_spec
 
     ckpt = tmp_path / "m.pth"
     assert read_val_spec(ckpt).source.startswith("m2det-shapes defaults")
@@ -178,7 +178,7 @@ def test_demo_reads_the_checkpoint_sidecar(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_end_to_end_on_a_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> None:
-    from benchmarks.demo import main as demo_main
+    from m2det.benchmarks.demo import main as demo_main
 
     out = tmp_path / "out"
     assert demo_main(["--ckpt", str(tiny_ckpt), "--val", "2", "--calib-count", "2", "--iters", "1",
@@ -198,7 +198,7 @@ def test_demo_end_to_end_on_a_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -
 
 def test_training_curve_plots_runs_and_rejects_bad_files(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.training_curve import main as curve_main
+    from m2det.benchmarks.training_curve import main as curve_main
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": 10 * i, "loss_l": 3.0 / i, "loss_c": 5.0 / i, "images_per_s": 40.0,

@@ -15,10 +15,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export import nms_graph, precision
-from export.calibration import load_calibration_images
-from export.cli import main
-from export.onnx_export import (
+from m2det.export import nms_graph, precision
+from m2det.export.calibration import load_calibration_images
+from m2det.export.cli import main
+from m2det.export.onnx_export import (
     INPUT,
     RAW_OUTPUTS,
     check_model,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import soft_nms_kernel as snk
+from m2det.engines import soft_nms_kernel as snk
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.nms import Method, NMSParams, batched_nms

@@ -23,7 +23,7 @@ from test_plugin import (  # noqa: E402
     random_case,
 )
 
-from engines import soft_nms_kernel as snk  # noqa: E402
+from m2det.engines import soft_nms_kernel as snk  # noqa: E402
 from m2det.detections import Detections  # noqa: E402
 from m2det.errors import M2DetError  # noqa: E402
 from m2det.nms import Method, NMSParams  # noqa: E402

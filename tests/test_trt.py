@@ -22,8 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engines import build
-from engines.build import BatchProfile, check_plan_version, inspect_onnx
+from m2det.engines import build
+from m2det.engines.build import BatchProfile, check_plan_version, inspect_onnx
 from m2det.config import get_config
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
@@ -37,7 +37,7 @@ def _tiny_onnx(path: Path, *, metadata: bool = True, input_name: str = "images",
                batch: int | str = "batch", nms: NMSParams | None = None) -> Path:
     """A small stand-in for an exported file: the right input/outputs and metadata, trivial ops
     (inspect_onnx reads names, shapes, metadata and the plugin node, never the maths)."""
-    from export.onnx_export import set_metadata
+    from m2det.export.onnx_export import set_metadata
 
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, S, S])
     nodes = [helper.make_node("Identity", [input_name], ["boxes"]),
@@ -197,8 +197,8 @@ def test_build_cli_bad_batch_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_runner_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engines.registry import load_runner
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.registry import load_runner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     _no_tensorrt(monkeypatch)
     plan = _sidecar(tmp_path)
@@ -212,7 +212,7 @@ def test_detect_cli_with_plan_without_tensorrt(tmp_path: Path, capsys: pytest.Ca
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    from engines.cli import detect_main
+    from m2det.engines.cli import detect_main
 
     _no_tensorrt(monkeypatch)
     plan = _sidecar(tmp_path)
@@ -237,13 +237,13 @@ def test_sidecar_missing_or_foreign(tmp_path: Path) -> None:
 
 
 def test_plan_nms_params_from_sidecar(tmp_path: Path) -> None:
-    from engines.trt_runner import plan_nms_params
+    from m2det.engines.trt_runner import plan_nms_params
 
     params = NMSParams(method=2, sigma=0.5, max_detections=100)
     meta = build.read_sidecar(_sidecar(tmp_path, graph="nms", nms=params.attributes()))
     assert plan_nms_params(meta) == params
     assert plan_nms_params({"graph": "raw", "nms": None}) is None
-    from engines.trt_runner import _differs
+    from m2det.engines.trt_runner import _differs
 
     rounded = NMSParams(score_threshold=float(np.float32(0.05)), iou_threshold=0.3)
     assert not _differs(NMSParams(score_threshold=0.05, iou_threshold=0.3), rounded)
@@ -251,7 +251,7 @@ def test_plan_nms_params_from_sidecar(tmp_path: Path) -> None:
 
 
 def test_gpu_info_without_gpu() -> None:
-    from engines.cuda_memory import cudart, gpu_info
+    from m2det.engines.cuda_memory import cudart, gpu_info
 
     err, count = cudart().cudaGetDeviceCount()
     if err == cudart().cudaError_t.cudaSuccess and count > 0:
@@ -369,7 +369,7 @@ def _fake_tensorrt(version: str) -> types.ModuleType:
 
 @pytest.fixture()
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from engines import cuda_memory
+    from m2det.engines import cuda_memory
 
     def install(version: str) -> types.ModuleType:
         trt = _fake_tensorrt(version)
@@ -590,7 +590,7 @@ def _fake_engine(trt: types.ModuleType, cuda: types.SimpleNamespace, max_batch: 
 @pytest.fixture()
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Install the TensorRT and CUDA stand-ins; returns (plan path maker, fake cuda)."""
-    from engines import cuda_memory
+    from m2det.engines import cuda_memory
 
     trt = _fake_tensorrt("10.13.0.35")
     cuda = _fake_cuda()
@@ -601,7 +601,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
     from m2det.nms import batched_nms
 
     plan = _sidecar(tmp_path)
@@ -630,7 +630,7 @@ def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
 
 
 def test_runner_nms_plan(tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     lib = tmp_path / "libm2det_plugins.so"
     lib.write_bytes(b"\x7fELF")
@@ -659,7 +659,7 @@ def test_runner_nms_plan(tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.Monk
 
 
 def test_runner_cuda_graph_replays(tmp_path: Path, fake_gpu: Any) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     plan = _sidecar(tmp_path)
     plan.write_bytes(b"PLAN-BYTES")
@@ -673,7 +673,7 @@ def test_runner_cuda_graph_replays(tmp_path: Path, fake_gpu: Any) -> None:
 
 
 def test_runner_refuses_undeserializable_plan(tmp_path: Path, fake_gpu: Any) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     plan = _sidecar(tmp_path)  # content is not a plan
     with pytest.raises(M2DetError, match="cannot deserialize"):
@@ -732,7 +732,7 @@ def _tensorrt_or_skip() -> str:
         version = build.require_tensorrt()
     except M2DetError as e:
         pytest.skip(f"TensorRT not usable here: {e}")
-    from engines.cuda_memory import gpu_info
+    from m2det.engines.cuda_memory import gpu_info
 
     try:
         gpu_info()
@@ -748,15 +748,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _tensorrt_or_skip()
     import torch
 
-    from export.nms_graph import add_plugin_nms
-    from export.onnx_export import export_raw, save_model, set_metadata
+    from m2det.export.nms_graph import add_plugin_nms
+    from m2det.export.onnx_export import export_raw, save_model, set_metadata
     from m2det.model import M2DetInference, build_model
     from m2det.shapes import render_image
 
     out = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
     try:  # the bundled trained model gives clear detections (no near-ties in NMS)
-        from engines.registry import default_checkpoint
+        from m2det.engines.registry import default_checkpoint
         from m2det.checkpoint import load_model
 
         model = load_model(default_checkpoint(), TINY.name)
@@ -771,7 +771,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         lib = build.resolve_plugin_library(None)
         if lib is None:
-            from engines.soft_nms_kernel import build_libraries, library_dir
+            from m2det.engines.soft_nms_kernel import build_libraries, library_dir
 
             build_libraries(library_dir())
             lib = build.resolve_plugin_library(None)
@@ -800,7 +800,7 @@ def _ort_raw(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.trt
 def test_raw_plan_matches_onnxruntime(exported: dict[str, Any]) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
     from m2det.nms import batched_nms
 
     plan = build.build_engine(exported["raw"], exported["dir"] / "raw.plan", batch="1:2:4",
@@ -831,7 +831,7 @@ def test_raw_plan_cuda_tensor_and_graph(exported: dict[str, Any]) -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("this torch build has no CUDA (needed for the CUDA-tensor input path)")
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     plan = exported["dir"] / "raw.plan"
     if not plan.is_file():
@@ -848,7 +848,7 @@ def test_raw_plan_cuda_tensor_and_graph(exported: dict[str, Any]) -> None:
 
 @pytest.mark.trt
 def test_nms_plan_matches_reference(exported: dict[str, Any]) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
     from m2det.nms import batched_nms
 
     if "nms" not in exported:
@@ -878,7 +878,7 @@ def test_nms_plan_matches_reference(exported: dict[str, Any]) -> None:
 def test_trt_bad_inputs_exit_2(exported: dict[str, Any], tmp_path: Path,
                                capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from engines.trt_runner import TensorRTRunner
+    from m2det.engines.trt_runner import TensorRTRunner
 
     plan = exported["dir"] / "raw.plan"
     if not plan.is_file():

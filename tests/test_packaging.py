@@ -1,0 +1,54 @@
+"""The wheel installs one import namespace (``m2det``): the repository's export/, engines/ and
+benchmarks/ folders become m2det.export, m2det.engines and m2det.benchmarks, and no generic
+top-level name (``export``, ``engines``, ``benchmarks``) lands in a user's site-packages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _site_packages(python: Path) -> Path:
+    out = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    return Path(out.strip())
+
+
+@pytest.mark.slow
+def test_wheel_adds_only_the_m2det_namespace(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", dist, ROOT)  # fmt: skip
+    (wheel,) = dist.glob("m2det_deploy-*.whl")
+
+    env = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env)
+    python = env / "bin" / "python"
+    site = _site_packages(python)
+    before = {p.name for p in site.iterdir()}
+    _run(python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel)
+    added = {p.name for p in site.iterdir()} - before
+
+    names = {n.split(".")[0] for n in added if not n.endswith((".dist-info", ".pth"))}
+    names.discard("__pycache__")
+    assert names == {"m2det"}, f"the wheel adds top-level names {sorted(names)}"
+    for sub in ("export", "engines", "benchmarks"):
+        assert (site / "m2det" / sub / "__init__.py").is_file(), f"m2det.{sub} is not installed"
+    assert (site / "m2det" / "benchmarks" / "schema.json").is_file()
+    assert (site / "m2det" / "assets" / "m2det_tiny_shapes.pth").is_file()
+    # console scripts point into the namespace
+    entry_points = next(site.glob("m2det_deploy-*.dist-info")) / "entry_points.txt"
+    targets = [line.split("=", 1)[1].strip() for line in entry_points.read_text().splitlines()
+               if "=" in line]  # fmt: skip
+    assert targets and all(t.startswith("m2det.") for t in targets), targets
