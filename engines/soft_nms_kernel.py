@@ -7,6 +7,9 @@ Two shared libraries, built by CMake from ``plugins/`` (``build_libraries`` does
 
 Both produce the EfficientNMS layout the TensorRT plugin writes, returned as ``Detections``.
 The libraries are looked up in ``$M2DET_SOFTNMS_LIB_DIR`` if set, else in ``plugins/build/``.
+
+No C++ exception crosses the C ABI: a failing call returns an error value and leaves its message
+for ``m2det_soft_nms_last_error()``, which ``call_checked`` turns into ``M2DetError``.
 """
 
 from __future__ import annotations
@@ -21,36 +24,30 @@ from typing import Any
 
 import numpy as np
 
+from m2det import contract
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
 
 __all__ = [
     "CPU_LIBRARY", "CUDA_LIBRARY", "MAX_CUDA_CANDIDATES", "MAX_CUDA_DETECTIONS", "SoftNmsParams",
-    "build_libraries", "c_params", "library_dir", "load_library", "soft_nms_cpu_reference",
-    "soft_nms_cuda", "soft_nms_cuda_tensors", "workspace_size",
+    "build_libraries", "c_params", "call_checked", "library_dir", "load_library",
+    "soft_nms_cpu_reference", "soft_nms_cuda", "soft_nms_cuda_tensors", "workspace_size",
 ]
 
 CPU_LIBRARY = "libm2det_softnms_cpu.so"
 CUDA_LIBRARY = "libm2det_softnms.so"
-MAX_CUDA_CANDIDATES = 4096
-MAX_CUDA_DETECTIONS = 4096
+MAX_CUDA_CANDIDATES = contract.MAX_CANDIDATES
+MAX_CUDA_DETECTIONS = contract.MAX_DETECTIONS
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 
 
 class SoftNmsParams(ctypes.Structure):
-    """``M2DetSoftNmsParams`` (softNmsParams.h): the plugin's 8 attributes."""
+    """``M2DetSoftNmsParams`` (softNmsParams.h): the plugin's 8 attributes, float ones first,
+    in the order of ``m2det.contract``."""
 
-    _fields_ = [
-        ("score_threshold", ctypes.c_float),
-        ("iou_threshold", ctypes.c_float),
-        ("sigma", ctypes.c_float),
-        ("min_score", ctypes.c_float),
-        ("method", ctypes.c_int32),
-        ("max_candidates", ctypes.c_int32),
-        ("keep_per_class", ctypes.c_int32),
-        ("max_detections", ctypes.c_int32),
-    ]
+    _fields_ = ([(name, ctypes.c_float) for name in contract.PLUGIN_FLOAT_ATTRIBUTES]
+                + [(name, ctypes.c_int32) for name in contract.PLUGIN_INT_ATTRIBUTES])
 
 
 def library_dir() -> Path:
@@ -81,6 +78,8 @@ def build_libraries(build_dir: Path, *, cuda_architectures: str | None = None,
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     params = ctypes.POINTER(SoftNmsParams)
     i64, vp = ctypes.c_int64, ctypes.c_void_p
+    lib.m2det_soft_nms_last_error.argtypes = []
+    lib.m2det_soft_nms_last_error.restype = ctypes.c_char_p
     lib.m2det_soft_nms_check.argtypes = [params, i64, i64, ctypes.c_int]
     lib.m2det_soft_nms_check.restype = ctypes.c_char_p
     lib.m2det_soft_nms_workspace_size.argtypes = [i64, i64, i64, params]
@@ -107,15 +106,29 @@ def load_library(name: str = CPU_LIBRARY, build: bool = True) -> ctypes.CDLL:
                          "(see plugins/soft_nms/README.md)")
     try:
         return _declare(ctypes.CDLL(str(path)))
-    except OSError as e:
-        raise M2DetError(f"cannot load {path}: {e}") from None
+    except (OSError, AttributeError) as e:  # AttributeError: a library without a declared symbol
+        raise M2DetError(f"cannot load {path}: {e} (rebuild plugins/)") from None
+
+
+def _last_error(lib: ctypes.CDLL) -> str:
+    message = lib.m2det_soft_nms_last_error()
+    return message.decode(errors="replace") if message else "unknown error"
+
+
+def call_checked(lib: ctypes.CDLL, function: str, *args: Any) -> None:
+    """Call the C ABI ``function`` of ``lib`` (one returning a status, 0 = success) and raise
+    M2DetError with the library's message for a nonzero status."""
+    status = getattr(lib, function)(*args)
+    if status != 0:
+        raise M2DetError(f"soft-NMS failed (status {status}): {_last_error(lib)}")
 
 
 def c_params(params: NMSParams, num_anchors: int, num_classes: int, *,
-             for_cuda: bool = False, lib: ctypes.CDLL | None = None) -> SoftNmsParams:
+             for_cuda: bool = False, lib: ctypes.CDLL | None = None,
+             check: bool = True) -> SoftNmsParams:
     """``params`` as the C struct for A anchors and C classes. ``max_detections == 0`` (no cap)
     becomes the most detections an image can have, C * min(keep_per_class, max_candidates, A);
-    raises M2DetError if the library rejects the result."""
+    raises M2DetError if ``check`` and the library rejects the result."""
     keep_cap = min(params.max_candidates, num_anchors)
     if params.keep_per_class > 0:
         keep_cap = min(keep_cap, params.keep_per_class)
@@ -126,6 +139,8 @@ def c_params(params: NMSParams, num_anchors: int, num_classes: int, *,
     c = SoftNmsParams(params.score_threshold, params.iou_threshold, params.sigma,
                       params.min_score, int(params.method), params.max_candidates,
                       params.keep_per_class, k)
+    if not check:
+        return c
     why = (lib or load_library()).m2det_soft_nms_check(ctypes.byref(c), num_anchors, num_classes,
                                                        int(for_cuda))
     if why is not None:
@@ -137,7 +152,15 @@ def workspace_size(batch: int, num_anchors: int, num_classes: int, params: NMSPa
     """Workspace bytes the CUDA kernel needs for boxes [B,A,4] / scores [B,A,C]."""
     lib = load_library()
     c = c_params(params, num_anchors, num_classes, for_cuda=True, lib=lib)
-    return int(lib.m2det_soft_nms_workspace_size(batch, num_anchors, num_classes, ctypes.byref(c)))
+    return _workspace_size(lib, batch, num_anchors, num_classes, c)
+
+
+def _workspace_size(lib: ctypes.CDLL, batch: int, num_anchors: int, num_classes: int,
+                    c: SoftNmsParams) -> int:
+    size = int(lib.m2det_soft_nms_workspace_size(batch, num_anchors, num_classes, ctypes.byref(c)))
+    if size == 0:  # never a valid size: the library says why
+        raise M2DetError(f"soft-NMS workspace size: {_last_error(lib)}")
+    return size
 
 
 def _shapes(boxes_shape: tuple[int, ...], scores_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -167,15 +190,13 @@ def soft_nms_cpu_reference(boxes: Any, scores: Any, params: NMSParams) -> Detect
     s_np = np.ascontiguousarray(s_np, np.float16 if half else np.float32)
     B, A, C = _shapes(b_np.shape, s_np.shape)
     lib = load_library()
-    c = c_params(params, A, C, lib=lib)
-    k = c.max_detections
+    c = c_params(params, A, C, lib=lib, check=False)  # m2det_soft_nms_cpu checks and says why
+    k = max(c.max_detections, 0)
     out = Detections(np.zeros(B, np.int32), np.zeros((B, k, 4), np.float32),
                      np.zeros((B, k), np.float32), np.zeros((B, k), np.int32))
-    rc = lib.m2det_soft_nms_cpu(b_np.ctypes.data, s_np.ctypes.data, int(half), B, A, C,
-                                ctypes.byref(c), out.num.ctypes.data, out.boxes.ctypes.data,
-                                out.scores.ctypes.data, out.classes.ctypes.data)
-    if rc != 0:
-        raise M2DetError("m2det_soft_nms_cpu rejected its arguments")
+    call_checked(lib, "m2det_soft_nms_cpu", b_np.ctypes.data, s_np.ctypes.data, int(half), B, A,
+                 C, ctypes.byref(c), out.num.ctypes.data, out.boxes.ctypes.data,
+                 out.scores.ctypes.data, out.classes.ctypes.data)
     return out
 
 
@@ -202,7 +223,7 @@ def soft_nms_cuda_tensors(boxes: Any, scores: Any, params: NMSParams,
     boxes, scores = boxes.contiguous(), scores.contiguous()
     lib = load_library(CUDA_LIBRARY)
     c = c_params(params, A, C, for_cuda=True, lib=lib)
-    need = int(lib.m2det_soft_nms_workspace_size(B, A, C, ctypes.byref(c)))
+    need = _workspace_size(lib, B, A, C, c)
     if workspace is None or workspace.numel() < need:
         workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=boxes.device)
     k, dev = c.max_detections, boxes.device
@@ -212,12 +233,11 @@ def soft_nms_cuda_tensors(boxes: Any, scores: Any, params: NMSParams,
     out_classes = torch.empty((B, k), dtype=torch.int32, device=dev)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
-        rc = lib.m2det_soft_nms_cuda(
-            boxes.data_ptr(), scores.data_ptr(), int(scores.dtype == torch.float16), B, A, C,
-            ctypes.byref(c), workspace.data_ptr(), workspace.numel(), num.data_ptr(),
-            out_boxes.data_ptr(), out_scores.data_ptr(), out_classes.data_ptr(), stream)
-    if rc != 0:
-        raise M2DetError(f"m2det_soft_nms_cuda failed with cudaError {rc}")
+        call_checked(  # status: a cudaError_t code
+            lib, "m2det_soft_nms_cuda", boxes.data_ptr(), scores.data_ptr(),
+            int(scores.dtype == torch.float16), B, A, C, ctypes.byref(c), workspace.data_ptr(),
+            workspace.numel(), num.data_ptr(), out_boxes.data_ptr(), out_scores.data_ptr(),
+            out_classes.data_ptr(), stream)
     return num, out_boxes, out_scores, out_classes
 
 

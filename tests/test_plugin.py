@@ -1,15 +1,20 @@
 """The soft-NMS plugin sources on a CPU machine: CMake build (kernel compiled by nvcc, C++
-reference, ctest), the C++ reference against ``m2det.nms`` through ctypes, and a compile check of
-the TensorRT plugin against TensorRT headers when they are found.
+reference, ctest), the C++ reference against ``m2det.nms`` through ctypes, the C ABI's error
+reporting (no C++ exception reaches ctypes), and a compile check of the TensorRT plugin against
+TensorRT headers when they are found.
 
 The random-case helpers here are shared with tests/test_plugin_gpu.py."""
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import glob
 import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2det.engines import soft_nms_kernel as snk
+from m2det import contract
 from m2det.detections import Detections
+from m2det.engines import soft_nms_kernel as snk
 from m2det.errors import M2DetError
 from m2det.nms import Method, NMSParams, batched_nms
 
@@ -267,15 +273,110 @@ def test_empty_and_all_suppressed(plugin_build: Build) -> None:
 
 
 def test_parameter_checks(plugin_build: Build) -> None:
-    params = NMSParams(max_candidates=5000, max_detections=100)
-    assert snk.c_params(params, 10, 2).max_candidates == 5000  # the C++ reference has no limit
-    with pytest.raises(M2DetError, match="max_candidates must be <= 4096"):
+    limit = contract.MAX_CANDIDATES
+    params = NMSParams(max_candidates=limit + 1, max_detections=100)
+    assert snk.c_params(params, 10, 2).max_candidates == limit + 1  # the reference has no limit
+    with pytest.raises(M2DetError, match=f"max_candidates must be <= {limit}"):
         snk.c_params(params, 10, 2, for_cuda=True)
-    with pytest.raises(M2DetError, match="max_detections <= 4096"):
+    with pytest.raises(M2DetError, match=f"max_detections <= {contract.MAX_DETECTIONS}"):
         snk.c_params(NMSParams(keep_per_class=0, max_detections=0), 4096, 80, for_cuda=True)
     with pytest.raises(M2DetError, match=r"boxes \[B,A,4\]"):
         snk.soft_nms_cpu_reference(np.zeros((1, 5, 4)), np.zeros((1, 6, 2)), params)
     assert snk.workspace_size(2, 100, 3, NMSParams(keep_per_class=10, max_detections=10)) == 3 * 256
+
+
+# ----------------------------------------------------------------------------------------------
+# The C ABI's errors reach Python as M2DetError with the library's message
+
+
+def _unchecked(params: NMSParams, **fields: int) -> NMSParams:
+    """``params`` with ``fields`` set past NMSParams' own validation (frozen dataclass), so the
+    values reach the C++ side."""
+    out = dataclasses.replace(params)
+    for name, value in fields.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+def test_c_abi_reports_invalid_arguments(plugin_build: Build) -> None:
+    boxes, scores = random_case(np.random.default_rng(8), 1, 20, 2)
+    for fields, why in (({"max_candidates": 0}, "max_candidates must be >= 1"),
+                        ({"method": 7}, r"method must be 0 \(hard\)")):
+        with pytest.raises(M2DetError, match=rf"status 1\): m2det_soft_nms_cpu: {why}"):
+            snk.soft_nms_cpu_reference(boxes, scores, _unchecked(NMSParams(), **fields))
+    lib = snk.load_library()
+    c = snk.c_params(NMSParams(max_detections=5), 20, 2)
+    with pytest.raises(M2DetError, match="m2det_soft_nms_cpu: a pointer argument is NULL"):
+        snk.call_checked(lib, "m2det_soft_nms_cpu", boxes.ctypes.data, None, 0, 1, 20, 2,
+                         ctypes.byref(c), None, None, None, None)
+    # The next failure replaces the message.
+    with pytest.raises(M2DetError, match="m2det_soft_nms_cpu: the batch must be >= 1"):
+        snk.call_checked(lib, "m2det_soft_nms_cpu", boxes.ctypes.data, scores.ctypes.data, 0, 0,
+                         20, 2, ctypes.byref(c), 1, 1, 1, 1)
+
+
+def test_workspace_size_of_an_absurd_batch_is_an_error(plugin_build: Build) -> None:
+    params = NMSParams(keep_per_class=10, max_detections=10)
+    with pytest.raises(M2DetError, match="workspace for this batch does not fit in size_t"):
+        snk.workspace_size(2**62, 100, 3, params)
+    with pytest.raises(M2DetError, match="m2det_soft_nms_workspace_size: the batch must be >= 1"):
+        snk.workspace_size(0, 100, 3, params)
+
+
+def test_cuda_c_abi_reports_errors(plugin_build: Build) -> None:
+    """m2det_soft_nms_cuda checks its arguments before touching CUDA, so its failures (status:
+    cudaErrorInvalidValue = 1) and their reasons are checked here, GPU or not; the pointers are
+    placeholders that a rejected call never dereferences."""
+    lib = snk.load_library(snk.CUDA_LIBRARY)
+    c = snk.c_params(NMSParams(max_detections=5), 10, 2, for_cuda=True, lib=lib)
+
+    def call(workspace_bytes: int) -> None:
+        snk.call_checked(lib, "m2det_soft_nms_cuda", 16, 16, 0, 1, 10, 2, ctypes.byref(c), 16,
+                         workspace_bytes, 16, 16, 16, 16, None)
+
+    with pytest.raises(M2DetError, match=r"status 1\): m2det_soft_nms_cuda: the workspace needs "
+                                         r"\d+ bytes, got 1$"):
+        call(1)
+    c.max_candidates = contract.MAX_CANDIDATES + 1
+    with pytest.raises(M2DetError, match=f"status 1\\): m2det_soft_nms_cuda: max_candidates must "
+                                         f"be <= {contract.MAX_CANDIDATES}"):
+        call(1 << 20)
+
+
+_OUT_OF_MEMORY = textwrap.dedent("""
+    import ctypes, resource, sys
+    from m2det.engines import soft_nms_kernel as snk
+    from m2det.errors import M2DetError
+
+    lib = snk.load_library(build=False)
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+    # 256 MiB of address space left; the reference's per-image score buffer needs 4 GiB.
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+    p = snk.SoftNmsParams(0.1, 0.3, 0.5, 0.001, 1, 100, 50, 10)
+    f32, i32 = ctypes.c_float, ctypes.c_int32
+    tiny = [(t * n)() for t, n in ((f32, 4), (f32, 4), (i32, 1), (f32, 40), (f32, 10), (i32, 10))]
+    b, s, num, ob, os_, oc = (ctypes.addressof(t) for t in tiny)
+    try:
+        snk.call_checked(lib, "m2det_soft_nms_cpu", b, s, 0, 1, 32768, 32767, ctypes.byref(p),
+                         num, ob, os_, oc)
+    except M2DetError as e:
+        print(e)
+        sys.exit(0)
+    print("no error")
+    sys.exit(1)
+""")
+
+
+def test_c_abi_turns_a_cpp_exception_into_an_error(plugin_build: Build) -> None:
+    """std::bad_alloc inside m2det_soft_nms_cpu (address space limited in a child process) comes
+    back as status 2 and its what(), not as a crash through ctypes."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs /proc/self/status to size the address-space limit")
+    run = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY], capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert run.returncode == 0, f"rc {run.returncode}: {run.stdout}{run.stderr}"
+    assert "(status 2): m2det_soft_nms_cpu: std::bad_alloc" in run.stdout, run.stdout
 
 
 def test_soft_nms_cuda_needs_a_device() -> None:

@@ -23,8 +23,9 @@ from test_plugin import (  # noqa: E402
     random_case,
 )
 
-from m2det.engines import soft_nms_kernel as snk  # noqa: E402
+from m2det import contract  # noqa: E402
 from m2det.detections import Detections  # noqa: E402
+from m2det.engines import soft_nms_kernel as snk  # noqa: E402
 from m2det.errors import M2DetError  # noqa: E402
 from m2det.nms import Method, NMSParams  # noqa: E402
 
@@ -81,9 +82,9 @@ def gpu_cases(seed: int, n: int, method: Method, half: bool
             iou_threshold=float(rng.choice([0.3, 0.45, 0.5, 0.7])),
             sigma=float(rng.choice([0.3, 0.5, 1.0])),
             min_score=float(rng.choice([0.001, 0.01, 0.05])),
-            max_candidates=int(rng.choice([1, 7, 100, 1000, 4096])),
+            max_candidates=int(rng.choice([1, 7, 100, 1000, contract.MAX_CANDIDATES])),
             keep_per_class=keep,
-            max_detections=int(rng.choice([1, 20, 100, 300, 4096])),
+            max_detections=int(rng.choice([1, 20, 100, 300, contract.MAX_DETECTIONS])),
         )
         label = f"case {i} B={batch} A={anchors} C={classes} half={half} {params}"
         yield label, boxes, scores, params
@@ -115,8 +116,8 @@ def test_cuda_top_k_over_many_anchors(method: Method) -> None:
     in every class, ties included (scores on a grid)."""
     rng = np.random.default_rng(30 + int(method))
     boxes, scores = random_case(rng, 2, 32760, 20, ties=True)
-    params = NMSParams(method, score_threshold=0.0, max_candidates=4096, keep_per_class=50,
-                       max_detections=1000)
+    params = NMSParams(method, score_threshold=0.0, max_candidates=contract.MAX_CANDIDATES,
+                       keep_per_class=50, max_detections=1000)
     got, ref = run_cuda(boxes, scores, params), snk.soft_nms_cpu_reference(boxes, scores, params)
     if method == Method.GAUSSIAN:
         assert_gaussian_consistent(got, ref, params, "top-k gaussian")
@@ -131,10 +132,10 @@ def test_cuda_merge_of_many_detections() -> None:
     rng = np.random.default_rng(40)
     boxes, scores = random_case(rng, 3, 2000, 80)
     params = NMSParams(Method.LINEAR, score_threshold=0.05, max_candidates=300,
-                       keep_per_class=100, max_detections=4096)
+                       keep_per_class=100, max_detections=contract.MAX_DETECTIONS)
     got = run_cuda(boxes, scores, params)
     assert_identical(got, snk.soft_nms_cpu_reference(boxes, scores, params), "merge")
-    assert got.num.min() == 4096
+    assert got.num.min() == contract.MAX_DETECTIONS
 
 
 def test_cuda_empty_and_padding() -> None:
@@ -171,7 +172,9 @@ def test_cuda_deterministic_on_a_side_stream_with_reused_workspace() -> None:
 
 def test_cuda_rejects_what_the_kernel_cannot_run() -> None:
     b, s = torch.zeros((1, 10, 4), device="cuda"), torch.zeros((1, 10, 2), device="cuda")
-    with pytest.raises(M2DetError, match="max_candidates must be <= 4096"):
-        snk.soft_nms_cuda(b, s, NMSParams(max_candidates=5000, max_detections=10))
+    limit = contract.MAX_CANDIDATES
+    with pytest.raises(M2DetError, match=f"max_candidates must be <= {limit}"):
+        snk.soft_nms_cuda(b, s, NMSParams(max_candidates=limit + 1, max_detections=10))
     with pytest.raises(M2DetError, match="float32 boxes"):
         snk.soft_nms_cuda(b.double(), s, NMSParams(max_detections=10))
+

@@ -25,11 +25,11 @@ namespace kernels
 {
 
 constexpr int kSlots = 4;            // candidates per thread in the class kernel
-constexpr int kMaxThreads = 1024;    // kSlots * kMaxThreads == M2DET_SOFT_NMS_MAX_CANDIDATES
+constexpr int kMaxThreads = 1024;    // kSlots * kMaxThreads == M2DET_MAX_CANDIDATES
 constexpr int kMergeThreads = 1024;
 constexpr int kRadixBins = kSoftNmsRadixBins;
 constexpr unsigned kFullMask = 0xFFFFFFFFU;
-static_assert(kSlots * kMaxThreads == M2DET_SOFT_NMS_MAX_CANDIDATES, "slots must cover max_candidates");
+static_assert(kSlots * kMaxThreads == M2DET_MAX_CANDIDATES, "slots must cover max_candidates");
 
 struct ClassLists
 {
@@ -79,7 +79,7 @@ __device__ int blockSum(int v, int* scratch)
 
 struct ClassShared
 {
-    int32_t cand[M2DET_SOFT_NMS_MAX_CANDIDATES]; // anchors of the selected candidates
+    int32_t cand[M2DET_MAX_CANDIDATES]; // anchors of the selected candidates
     uint32_t hist[kRadixBins];
     int warpInts[32];
     float warpScore[2][32];
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kMaxThreads) softNmsClassKernel(float const* _
 
 struct MergeShared
 {
-    unsigned long long keys[M2DET_SOFT_NMS_MAX_DETECTIONS];
+    unsigned long long keys[M2DET_MAX_DETECTIONS];
     uint32_t hist[kRadixBins];
     int warpInts[32];
     int count;

@@ -12,21 +12,28 @@ namespace m2det
 namespace
 {
 
-constexpr char const* kPluginName = "M2Det_SoftNMS_TRT";
-constexpr char const* kPluginVersion = "1";
-constexpr char const* kPluginNamespace = "";
+constexpr char const* kPluginName = M2DET_PLUGIN_NAME;
+constexpr char const* kPluginVersion = M2DET_PLUGIN_VERSION;
+constexpr char const* kPluginNamespace = M2DET_PLUGIN_NAMESPACE;
 constexpr int32_t kNbInputs = 2;
 constexpr int32_t kNbOutputs = 4;
 
 ILoggerFinder* gLoggerFinder = nullptr;
 
-void logError(char const* what)
+//! Logs "<plugin name>: <what>" as an error; called from noexcept methods, so it never throws.
+void logError(char const* what) noexcept
 {
     ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
-    if (logger != nullptr)
+    if (logger == nullptr)
+        return;
+    try
     {
         std::string const message = std::string(kPluginName) + ": " + what;
         logger->log(ILogger::Severity::kERROR, message.c_str());
+    }
+    catch (...)
+    {
+        logger->log(ILogger::Severity::kERROR, what); // no memory for the prefix
     }
 }
 
@@ -53,14 +60,14 @@ std::vector<PluginField> paramFields(SoftNmsParams const* p)
     SoftNmsParams const dummy{};
     SoftNmsParams const& v = p != nullptr ? *p : dummy;
     return {
-        PluginField("score_threshold", ptr(v.score_threshold), PluginFieldType::kFLOAT32, 1),
-        PluginField("iou_threshold", ptr(v.iou_threshold), PluginFieldType::kFLOAT32, 1),
-        PluginField("sigma", ptr(v.sigma), PluginFieldType::kFLOAT32, 1),
-        PluginField("min_score", ptr(v.min_score), PluginFieldType::kFLOAT32, 1),
-        PluginField("method", ptr(v.method), PluginFieldType::kINT32, 1),
-        PluginField("max_candidates", ptr(v.max_candidates), PluginFieldType::kINT32, 1),
-        PluginField("keep_per_class", ptr(v.keep_per_class), PluginFieldType::kINT32, 1),
-        PluginField("max_detections", ptr(v.max_detections), PluginFieldType::kINT32, 1),
+        PluginField(M2DET_ATTR_SCORE_THRESHOLD, ptr(v.score_threshold), PluginFieldType::kFLOAT32, 1),
+        PluginField(M2DET_ATTR_IOU_THRESHOLD, ptr(v.iou_threshold), PluginFieldType::kFLOAT32, 1),
+        PluginField(M2DET_ATTR_SIGMA, ptr(v.sigma), PluginFieldType::kFLOAT32, 1),
+        PluginField(M2DET_ATTR_MIN_SCORE, ptr(v.min_score), PluginFieldType::kFLOAT32, 1),
+        PluginField(M2DET_ATTR_METHOD, ptr(v.method), PluginFieldType::kINT32, 1),
+        PluginField(M2DET_ATTR_MAX_CANDIDATES, ptr(v.max_candidates), PluginFieldType::kINT32, 1),
+        PluginField(M2DET_ATTR_KEEP_PER_CLASS, ptr(v.keep_per_class), PluginFieldType::kINT32, 1),
+        PluginField(M2DET_ATTR_MAX_DETECTIONS, ptr(v.max_detections), PluginFieldType::kINT32, 1),
     };
 }
 
@@ -71,20 +78,6 @@ bool fitsInt32(int64_t v)
 
 } // namespace
 
-SoftNmsParams softNmsDefaultParams()
-{
-    SoftNmsParams p{};
-    p.score_threshold = 0.1F;
-    p.iou_threshold = 0.3F;
-    p.sigma = 0.5F;
-    p.min_score = 0.001F;
-    p.method = M2DET_SOFT_NMS_LINEAR;
-    p.max_candidates = M2DET_SOFT_NMS_MAX_CANDIDATES;
-    p.keep_per_class = 50;
-    p.max_detections = 100;
-    return p;
-}
-
 std::string softNmsParamsFromFields(PluginFieldCollection const* fc, SoftNmsParams& params)
 {
     params = softNmsDefaultParams();
@@ -93,21 +86,21 @@ std::string softNmsParamsFromFields(PluginFieldCollection const* fc, SoftNmsPara
         PluginField const& f = fc->fields[i];
         std::string const name = f.name != nullptr ? f.name : "";
         bool ok = true;
-        if (name == "score_threshold")
+        if (name == M2DET_ATTR_SCORE_THRESHOLD)
             ok = readField(f, params.score_threshold);
-        else if (name == "iou_threshold")
+        else if (name == M2DET_ATTR_IOU_THRESHOLD)
             ok = readField(f, params.iou_threshold);
-        else if (name == "sigma")
+        else if (name == M2DET_ATTR_SIGMA)
             ok = readField(f, params.sigma);
-        else if (name == "min_score")
+        else if (name == M2DET_ATTR_MIN_SCORE)
             ok = readField(f, params.min_score);
-        else if (name == "method")
+        else if (name == M2DET_ATTR_METHOD)
             ok = readField(f, params.method);
-        else if (name == "max_candidates")
+        else if (name == M2DET_ATTR_MAX_CANDIDATES)
             ok = readField(f, params.max_candidates);
-        else if (name == "keep_per_class")
+        else if (name == M2DET_ATTR_KEEP_PER_CLASS)
             ok = readField(f, params.keep_per_class);
-        else if (name == "max_detections")
+        else if (name == M2DET_ATTR_MAX_DETECTIONS)
             ok = readField(f, params.max_detections);
         else
             return "unknown attribute '" + name + "'";
@@ -304,10 +297,18 @@ IPluginV3* SoftNmsPlugin::attachToContext(IPluginResourceContext* /*context*/) n
 
 PluginFieldCollection const* SoftNmsPlugin::getFieldsToSerialize() noexcept
 {
-    mFields = paramFields(&mParams);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    return &mFieldCollection;
+    try
+    {
+        mFields = paramFields(&mParams);
+        mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+        mFieldCollection.fields = mFields.data();
+        return &mFieldCollection;
+    }
+    catch (std::exception const& e)
+    {
+        logError(e.what());
+        return nullptr;
+    }
 }
 
 SoftNmsPluginCreator::SoftNmsPluginCreator()
@@ -367,10 +368,20 @@ extern "C" TENSORRTAPI void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
     m2det::gLoggerFinder = finder;
 }
 
+// No exception may leave these C entry points: a failure to construct the creator (allocation)
+// reports no creators.
 extern "C" TENSORRTAPI nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static m2det::SoftNmsPluginCreator creator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
-    nbCreators = 1;
-    return creators;
+    nbCreators = 0;
+    try
+    {
+        static m2det::SoftNmsPluginCreator creator;
+        static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
+        nbCreators = 1;
+        return creators;
+    }
+    catch (...)
+    {
+        return nullptr;
+    }
 }

@@ -1,8 +1,9 @@
 /*
- * TensorRT IPluginV3 plugin "M2Det_SoftNMS_TRT" version "1", namespace "": soft-NMS of
- * boxes [B,A,4] float32 and scores [B,A,C] float32|float16 into EfficientNMS-style outputs
- * num_detections [B,1] int32, detection_boxes [B,K,4] float32, detection_scores [B,K] float32,
- * detection_classes [B,K] int32 (K = max_detections).  Attributes: README.md.
+ * TensorRT IPluginV3 plugin M2DET_PLUGIN_NAME, version M2DET_PLUGIN_VERSION, namespace
+ * M2DET_PLUGIN_NAMESPACE (m2det/contract.h): soft-NMS of boxes [B,A,4] float32 and scores [B,A,C]
+ * float32|float16 into the NMS graph's EfficientNMS-style outputs [B,1] int32, [B,K,4] float32,
+ * [B,K] float32, [B,K] int32 (K = max_detections).  Attributes: README.md; semantics:
+ * docs/design.md §2.
  */
 #ifndef M2DET_SOFT_NMS_PLUGIN_H
 #define M2DET_SOFT_NMS_PLUGIN_H
@@ -82,11 +83,8 @@ private:
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
-//! Attribute values used for fields a PluginFieldCollection leaves out (the `official` preset,
-//! max_candidates 4096, max_detections 100).
-SoftNmsParams softNmsDefaultParams();
-
-//! Reads the 8 attributes from `fc` over the defaults; returns an error message or "" when valid.
+//! Reads the 8 attributes from `fc` over softNmsDefaultParams() (softNmsParams.h); returns an
+//! error message or "" when valid.
 std::string softNmsParamsFromFields(nvinfer1::PluginFieldCollection const* fc, SoftNmsParams& params);
 
 } // namespace m2det

@@ -1,6 +1,6 @@
 /*
- * C++ CPU reference of the soft-NMS plugin: plain loops, exactly the spec in README.md.  The CUDA
- * kernel is tested against it; it needs no CUDA and no TensorRT.
+ * C++ CPU reference of the soft-NMS plugin: plain loops, exactly the spec in README.md
+ * (docs/design.md §2).  The CUDA kernel is tested against it; it needs no CUDA and no TensorRT.
  */
 #ifndef M2DET_SOFT_NMS_REFERENCE_H
 #define M2DET_SOFT_NMS_REFERENCE_H
@@ -13,8 +13,10 @@
 namespace m2det
 {
 
-//! One detection of one image.
-struct Detection
+//! A soft-NMS candidate of one image: the anchor (row of boxes [A,4]), its class (column of
+//! scores [A,C]) and its current score.  The reference emits these; the box is looked up by
+//! anchor.  (Not m2det::Detection of the C++ runtime, which carries box corners in pixels.)
+struct SoftNmsCandidate
 {
     float score;
     int32_t classId;
@@ -23,12 +25,12 @@ struct Detection
 
 //! Soft-NMS of one class of one image: boxes [A] and scores [A] (this class's column).  Returns the
 //! emitted (anchor, score) pairs in emission order.
-std::vector<Detection> softNmsClass(Box const* boxes, float const* scores, int32_t numAnchors, int32_t classId,
+std::vector<SoftNmsCandidate> softNmsClass(Box const* boxes, float const* scores, int32_t numAnchors, int32_t classId,
     SoftNmsParams const& p);
 
 //! Soft-NMS of one image: boxes [A,4], scores [A,C] (row-major).  Per-class soft-NMS, then the
 //! merge: score descending, ties by class then anchor ascending, at most max_detections.
-std::vector<Detection> softNmsImage(
+std::vector<SoftNmsCandidate> softNmsImage(
     float const* boxes, float const* scores, int32_t numAnchors, int32_t numClasses, SoftNmsParams const& p);
 
 } // namespace m2det

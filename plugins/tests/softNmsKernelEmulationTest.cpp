@@ -99,7 +99,7 @@ Problem randomProblem(std::mt19937& rng, int index)
     }
     float const thresholds[] = {0.0F, 0.05F, 0.1F};
     float const nts[] = {0.3F, 0.5F, 0.7F};
-    int32_t const maxCands[] = {1, 7, 60, 200, 4096};
+    int32_t const maxCands[] = {1, 7, 60, 200, M2DET_MAX_CANDIDATES};
     int32_t const keeps[] = {0, 1, 5, 20};
     int32_t const ks[] = {1, 10, 100, 2000};
     pr.p.method = index % 3;
@@ -150,8 +150,8 @@ Outputs reference(Problem const& pr)
     void const* scores = pr.half ? static_cast<void const*>(pr.scores16.data()) : pr.scores.data();
     if (m2det_soft_nms_cpu(pr.boxes.data(), scores, pr.half ? 1 : 0, pr.B, pr.A, pr.C, &pr.p, out.num.data(),
             out.boxes.data(), out.scores.data(), out.classes.data())
-        != 0)
-        std::fprintf(stderr, "reference rejected its arguments\n");
+        != M2DET_SOFT_NMS_OK)
+        std::fprintf(stderr, "reference failed: %s\n", m2det_soft_nms_last_error());
     return out;
 }
 

@@ -1,5 +1,7 @@
-// Hand-checked cases of the C++ soft-NMS reference and the host C ABI (run by ctest).
+// Hand-checked cases of the C++ soft-NMS reference and the host C ABI (run by ctest), including
+// its error reporting: no exception crosses the C boundary.
 #include "softNmsApi.h"
+#include "softNmsApiBoundary.h"
 #include "softNmsReference.h"
 
 #include <algorithm>
@@ -7,7 +9,10 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <new>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace
@@ -122,15 +127,58 @@ void testMergeAndCApi()
 
     p.method = 7;
     CHECK(m2det_soft_nms_check(&p, 3, 2, 0) != nullptr);
-    CHECK(m2det_soft_nms_cpu(boxes, scores, 0, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses) == 1);
+    CHECK(m2det_soft_nms_cpu(boxes, scores, 0, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses)
+        == M2DET_SOFT_NMS_INVALID_ARGUMENT);
+    CHECK(std::string(m2det_soft_nms_last_error())
+        == std::string("m2det_soft_nms_cpu: ") + m2det_soft_nms_check(&p, 3, 2, 0));
     p = params(M2DET_SOFT_NMS_HARD);
-    p.max_candidates = 5000;
+    CHECK(m2det_soft_nms_cpu(boxes, scores, 0, 0, 3, 2, &p, &num, outBoxes, outScores, outClasses)
+        == M2DET_SOFT_NMS_INVALID_ARGUMENT);
+    CHECK(std::strstr(m2det_soft_nms_last_error(), "batch must be >= 1") != nullptr);
+    CHECK(m2det_soft_nms_cpu(boxes, nullptr, 0, 1, 3, 2, &p, &num, outBoxes, outScores, outClasses)
+        == M2DET_SOFT_NMS_INVALID_ARGUMENT);
+    CHECK(std::strstr(m2det_soft_nms_last_error(), "NULL") != nullptr);
+    p.max_candidates = M2DET_MAX_CANDIDATES + 1;
     CHECK(m2det_soft_nms_check(&p, 3, 2, 0) == nullptr);
-    CHECK(std::strstr(m2det_soft_nms_check(&p, 3, 2, 1), "4096") != nullptr);
+    CHECK(std::strstr(m2det_soft_nms_check(&p, 3, 2, 1),
+              M2DET_ATTR_MAX_CANDIDATES " must be <= " M2DET_STRINGIFY(M2DET_MAX_CANDIDATES))
+        != nullptr);
     CHECK(m2det_soft_nms_workspace_size(2, 3, 2, &p) == 0);
+    CHECK(std::strstr(m2det_soft_nms_last_error(), "m2det_soft_nms_workspace_size: " M2DET_ATTR_MAX_CANDIDATES)
+        != nullptr);
     p.max_candidates = 100;
     p.keep_per_class = 2; // 2 images x 2 classes x 2 entries
     CHECK(m2det_soft_nms_workspace_size(2, 3, 2, &p) == 3 * 256);
+    // Absurd batch sizes: the workspace size would overflow size_t.
+    CHECK(m2det_soft_nms_workspace_size(INT64_MAX / 2, 3, 2, &p) == 0);
+    CHECK(std::strstr(m2det_soft_nms_last_error(), "does not fit in size_t") != nullptr);
+    CHECK(m2det_soft_nms_workspace_size(int64_t{1} << 56, 1000, 80, &p) == 0);
+    CHECK(m2det_soft_nms_workspace_size(int64_t{1} << 20, 1000, 80, &p) != 0);
+}
+
+void testDefaultsAndBoundary()
+{
+    // The plugin's defaults are the contract's and valid for the kernel.
+    m2det::SoftNmsParams const d = m2det::softNmsDefaultParams();
+    CHECK(d.score_threshold == M2DET_DEFAULT_SCORE_THRESHOLD && d.iou_threshold == M2DET_DEFAULT_IOU_THRESHOLD);
+    CHECK(d.sigma == M2DET_DEFAULT_SIGMA && d.min_score == M2DET_DEFAULT_MIN_SCORE);
+    CHECK(d.method == M2DET_SOFT_NMS_LINEAR && d.method == M2DET_DEFAULT_METHOD);
+    CHECK(d.max_candidates == M2DET_MAX_CANDIDATES && d.keep_per_class == M2DET_DEFAULT_KEEP_PER_CLASS);
+    CHECK(d.max_detections == M2DET_DEFAULT_MAX_DETECTIONS);
+    CHECK(m2det::softNmsCheck(d, 1, 1, true) == nullptr);
+
+    // apiGuard turns any exception into the error value and a last-error message.
+    int const fromStd = m2det::apiGuard<int>("f", 42, []() -> int { throw std::bad_alloc(); });
+    CHECK(fromStd == 42 && std::strcmp(m2det_soft_nms_last_error(), "f: std::bad_alloc") == 0);
+    size_t const fromOther = m2det::apiGuard<size_t>("g", 0, []() -> size_t { throw 7; });
+    CHECK(fromOther == 0 && std::strcmp(m2det_soft_nms_last_error(), "g: unknown C++ exception") == 0);
+    CHECK(m2det::apiGuard<int>("h", 1, [] { return 5; }) == 5);
+    CHECK(std::strcmp(m2det_soft_nms_last_error(), "g: unknown C++ exception") == 0); // success keeps it
+    // A long message is truncated, not overflowed.
+    std::string const longWhy(2000, 'x');
+    m2det::apiGuard<int>("i", 1, [&]() -> int { throw std::runtime_error(longWhy); });
+    CHECK(std::strlen(m2det_soft_nms_last_error()) == 511
+        && std::strncmp(m2det_soft_nms_last_error(), "i: xxx", 6) == 0);
 }
 
 // The kernels' radix select run sequentially: the k-th highest key T (1-based) and how many keys
@@ -210,6 +258,7 @@ int main()
     testMethods();
     testTiesLimitsAndThreshold();
     testMergeAndCApi();
+    testDefaultsAndBoundary();
     testKeysAndRadixSelect();
     if (gFailures == 0)
         std::printf("soft_nms_reference_test: all checks passed\n");
