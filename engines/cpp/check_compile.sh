@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Compile-check the C++ runtime (library + example) against TensorRT headers, without libnvinfer:
-# configures engines/cpp with -DM2DET_COMPILE_ONLY=ON (object libraries, nothing is linked) and
-# -Wall -Wextra -Werror on our targets, once with OpenCV (if found) and once without.
+# Compile-check the C++ runtime (library, example, moved-from test) against TensorRT headers,
+# without libnvinfer: configures engines/cpp with -DM2DET_COMPILE_ONLY=ON (object libraries,
+# nothing is linked) and -Wall -Wextra -Werror on our targets, once with OpenCV (if found) and
+# once without.
 #   usage: engines/cpp/check_compile.sh [TENSORRT_INCLUDE_DIR]
 #   (default: $TensorRT_INCLUDE_DIR, else the first ~/.cache/tensorrt-oss/*/include, as written by
 #    shared/tools/trt-headers.sh). M2DET_CHECK_OPENCV="ON" or "OFF" checks one configuration only.

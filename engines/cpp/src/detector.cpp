@@ -14,17 +14,20 @@
 #include <iostream>
 #include <iterator>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 
 namespace m2det
 {
 namespace
 {
 
-constexpr char const* kInput = "images";
-constexpr char const* kNum = "num_detections";
-constexpr char const* kBoxes = "detection_boxes";
-constexpr char const* kScores = "detection_scores";
-constexpr char const* kClasses = "detection_classes";
+// The plan's I/O tensors (m2det/contract.h): the input and the NMS graph's four outputs.
+constexpr char const* kInput = M2DET_INPUT_NAME;
+constexpr char const* kNum = M2DET_NMS_OUTPUT_NUM;
+constexpr char const* kBoxes = M2DET_NMS_OUTPUT_BOXES;
+constexpr char const* kScores = M2DET_NMS_OUTPUT_SCORES;
+constexpr char const* kClasses = M2DET_NMS_OUTPUT_CLASSES;
 
 void checkCuda(cudaError_t status, char const* call)
 {
@@ -111,8 +114,9 @@ private:
     std::string mLastError;
 };
 
-constexpr char const* kPluginName = "M2Det_SoftNMS_TRT";
-constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginName = M2DET_PLUGIN_NAME;
+constexpr char const* kPluginVersion = M2DET_PLUGIN_VERSION;
+constexpr char const* kPluginNamespace = M2DET_PLUGIN_NAMESPACE;
 
 //! A plugin library loaded into TensorRT's global registry, deregistered on destruction. Nothing is
 //! loaded when the soft-NMS plugin is already registered (the registry refuses a second copy).
@@ -121,7 +125,7 @@ class PluginLibrary
 public:
     explicit PluginLibrary(std::string const& path)
     {
-        if (path.empty() || getPluginRegistry()->getCreator(kPluginName, kPluginVersion, "") != nullptr)
+        if (path.empty() || getPluginRegistry()->getCreator(kPluginName, kPluginVersion, kPluginNamespace) != nullptr)
         {
             return;
         }
@@ -134,7 +138,7 @@ public:
         {
             throw Error("m2det: TensorRT cannot load plugin library " + path);
         }
-        if (getPluginRegistry()->getCreator(kPluginName, kPluginVersion, "") == nullptr)
+        if (getPluginRegistry()->getCreator(kPluginName, kPluginVersion, kPluginNamespace) == nullptr)
         {
             getPluginRegistry()->deregisterLibrary(mHandle);
             throw Error("m2det: " + path + " does not register plugin " + kPluginName + " version " + kPluginVersion);
@@ -266,7 +270,7 @@ struct Detector::Impl
         nvinfer1::Dims const in = engine->getTensorShape(kInput);
         if (in.nbDims != 4 || in.d[1] != 3 || in.d[2] <= 0 || in.d[2] != in.d[3])
         {
-            throw Error("m2det: " + planPath + ": input 'images' is not [B,3,S,S]");
+            throw Error("m2det: " + planPath + ": input '" + kInput + "' is not [B,3,S,S]");
         }
         size = static_cast<int32_t>(in.d[2]);
         minBatch = static_cast<int32_t>(engine->getProfileShape(kInput, 0, nvinfer1::OptProfileSelector::kMIN).d[0]);
@@ -372,22 +376,34 @@ Detector::~Detector() = default;
 Detector::Detector(Detector&&) noexcept = default;
 Detector& Detector::operator=(Detector&&) noexcept = default;
 
+Detector::Impl& Detector::impl(char const* method) const
+{
+    if (!mImpl)
+    {
+        throw std::logic_error(std::string("m2det::Detector::") + method
+            + ": this Detector was moved from and holds no plan");
+    }
+    return *mImpl;
+}
+
 std::vector<Detection> Detector::detect(ImageView const& image)
 {
+    impl("detect");
     return detect(std::vector<ImageView>{image}).front();
 }
 
 std::vector<std::vector<Detection>> Detector::detect(std::vector<ImageView> const& images)
 {
-    mImpl->checkBatch(images.size());
+    Impl& d = impl("detect");
+    d.checkBatch(images.size());
     std::vector<std::array<float, 2>> sizes;
     sizes.reserve(images.size());
     for (std::size_t b = 0; b < images.size(); ++b)
     {
-        preprocessBgr(images[b], mImpl->size, mImpl->inputHost(static_cast<int32_t>(b)));
+        preprocessBgr(images[b], d.size, d.inputHost(static_cast<int32_t>(b)));
         sizes.push_back({static_cast<float>(images[b].width), static_cast<float>(images[b].height)});
     }
-    return mImpl->run(sizes);
+    return d.run(sizes);
 }
 
 #ifdef M2DET_WITH_OPENCV
@@ -405,11 +421,13 @@ ImageView view(cv::Mat const& image)
 
 std::vector<Detection> Detector::detect(cv::Mat const& image)
 {
+    impl("detect");
     return detect(view(image));
 }
 
 std::vector<std::vector<Detection>> Detector::detect(std::vector<cv::Mat> const& images)
 {
+    impl("detect");
     std::vector<ImageView> views;
     views.reserve(images.size());
     for (cv::Mat const& image : images)
@@ -420,21 +438,21 @@ std::vector<std::vector<Detection>> Detector::detect(std::vector<cv::Mat> const&
 }
 #endif
 
-int32_t Detector::inputSize() const noexcept
+int32_t Detector::inputSize() const
 {
-    return mImpl->size;
+    return impl("inputSize").size;
 }
-int32_t Detector::minBatch() const noexcept
+int32_t Detector::minBatch() const
 {
-    return mImpl->minBatch;
+    return impl("minBatch").minBatch;
 }
-int32_t Detector::maxBatch() const noexcept
+int32_t Detector::maxBatch() const
 {
-    return mImpl->maxBatch;
+    return impl("maxBatch").maxBatch;
 }
-int32_t Detector::maxDetections() const noexcept
+int32_t Detector::maxDetections() const
 {
-    return mImpl->maxDetections;
+    return impl("maxDetections").maxDetections;
 }
 
 } // namespace m2det

@@ -4,7 +4,11 @@
 // Preprocessing is the project's one definition: resize to SxS (bilinear, as cv::resize
 // INTER_LINEAR; no letterbox), BGR float32 0-255, NCHW. Mean subtraction is inside the plan.
 // Detections come back in pixels of the original image. Works with TensorRT 10 and 11.
+// The plan's tensor names and the plugin's name are those of m2det/contract.h (M2DET_INPUT_NAME,
+// M2DET_NMS_OUTPUT_*, M2DET_PLUGIN_NAME), the C++ mirror of m2det/contract.py.
 #pragma once
+
+#include "m2det/contract.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -60,6 +64,8 @@ struct DetectorOptions
 };
 
 //! Loads a plan once; detect() may be called repeatedly (not concurrently from several threads).
+//! A moved-from Detector holds nothing: every method except destruction and assignment throws
+//! std::logic_error.
 class Detector
 {
 public:
@@ -81,13 +87,15 @@ public:
     std::vector<std::vector<Detection>> detect(std::vector<cv::Mat> const& images);
 #endif
 
-    int32_t inputSize() const noexcept;   //!< S of the [B,3,S,S] input
-    int32_t minBatch() const noexcept;    //!< the plan's optimization profile
-    int32_t maxBatch() const noexcept;
-    int32_t maxDetections() const noexcept; //!< K of the NMS outputs
+    int32_t inputSize() const;   //!< S of the [B,3,S,S] input
+    int32_t minBatch() const;    //!< the plan's optimization profile
+    int32_t maxBatch() const;
+    int32_t maxDetections() const; //!< K of the NMS outputs
 
 private:
     struct Impl;
+    //! The loaded plan; throws std::logic_error naming `method` when this Detector was moved from.
+    Impl& impl(char const* method) const;
     std::unique_ptr<Impl> mImpl;
 };
 
