@@ -3,10 +3,13 @@ outputs (and our NMS graph's) so a plan's outputs map onto it without conversion
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from m2det.contract import NMS_OUTPUTS
 
 
 @dataclass
@@ -30,6 +33,14 @@ class Detections:
         """(boxes [n,4], scores [n], classes [n]) of image ``b`` without padding."""
         n = int(self.num[b])
         return self.boxes[b, :n], self.scores[b, :n], self.classes[b, :n]
+
+    @classmethod
+    def from_nms_outputs(cls, outputs: Mapping[str, np.ndarray]) -> Detections:
+        """An NMS graph's or plan's outputs by name (``contract.NMS_OUTPUTS``: num_detections
+        [B,1], detection_boxes [B,K,4], detection_scores [B,K], detection_classes [B,K])."""
+        num, boxes, scores, classes = (outputs[name] for name in NMS_OUTPUTS)
+        return cls(num.reshape(-1).astype(np.int32), boxes.astype(np.float32),
+                   scores.astype(np.float32), classes.astype(np.int32))  # fmt: skip
 
     @classmethod
     def from_lists(

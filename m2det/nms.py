@@ -1,7 +1,7 @@
 """Soft-NMS / NMS CPU reference: the one implementation every other NMS (CUDA kernel, its C++
 reference, the ONNX NMS graph) is compared against.
 
-Semantics (design.md, "Soft-NMS semantics"; all arithmetic float32 in the stated order):
+Semantics (docs/design.md §2, "Soft-NMS semantics"; all arithmetic float32 in the stated order):
 
 1. Per image and class, candidates are the anchors with score > ``score_threshold``; if more than
    ``max_candidates``, the highest are kept (ties: lower anchor index).
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from m2det.contract import MAX_CANDIDATES, PLUGIN_INT_ATTRIBUTES
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 
@@ -66,7 +67,7 @@ class NMSParams:
     iou_threshold: float = 0.3
     sigma: float = 0.5
     min_score: float = 0.001
-    max_candidates: int = 4096
+    max_candidates: int = MAX_CANDIDATES
     keep_per_class: int = 50
     max_detections: int = 0
 
@@ -90,11 +91,8 @@ class NMSParams:
 
     def attributes(self) -> dict[str, float | int]:
         """The 8 ONNX node / plugin attributes: name -> value (ints for method and counts)."""
-        return {f.name: (int if f.name in _INT_ATTRIBUTES else float)(getattr(self, f.name))
+        return {f.name: (int if f.name in PLUGIN_INT_ATTRIBUTES else float)(getattr(self, f.name))
                 for f in fields(self)}
-
-
-_INT_ATTRIBUTES = frozenset({"method", "max_candidates", "keep_per_class", "max_detections"})
 
 
 NMS_PRESETS: dict[str, NMSParams] = {
