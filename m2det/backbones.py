@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from m2det.errors import M2DetError
+from m2det.state_dict import check_and_load
 
 # SSD's VGG16 trunk: ints are 3x3 conv widths, 'M' max-pool 2/2, 'C' max-pool 2/2 ceil-mode.
 _VGG16_CFG: tuple[int | str, ...] = (
@@ -208,6 +209,4 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
         state = {f"layers.{k}": v for k, v in state.items()}
     else:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    from m2det.checkpoint import check_and_load
-
     check_and_load(backbone, state, source=path)

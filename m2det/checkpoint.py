@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from m2det.config import M2DetConfig
 from m2det.errors import M2DetError
 from m2det.io import atomic_torch_save
 from m2det.model import M2Det
+from m2det.state_dict import check_and_load
 
 FORMAT = "m2det-toolkit/1"
 
@@ -103,23 +104,6 @@ def ours_to_official(state: Mapping[str, Tensor], config: M2DetConfig) -> dict[s
                     "smooth": "smooth."}[m.group(2)]  # fmt: skip
             out[f"unet{int(m.group(1)) + 1}.{part}" + key[m.end() :]] = value
     return out
-
-
-def check_and_load(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Strict load; any missing/unexpected key or shape mismatch is one M2DetError line."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if items:
-                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-        raise M2DetError(f"{source} does not fit this model: {'; '.join(parts)}")
-    module.load_state_dict(state, strict=True)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from m2det.checkpoint import check_and_load, official_to_ours, ours_to_official
+from m2det.checkpoint import official_to_ours, ours_to_official
 from m2det.config import PRESETS, get_config
 from m2det.model import M2Det
 from m2det.priors import make_priors
+from m2det.state_dict import check_and_load
 from tests.official.official_outputs import seeded_input, seeded_state
 
 GOLDEN = Path(__file__).parent / "official" / "golden"

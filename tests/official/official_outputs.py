@@ -108,9 +108,10 @@ def main() -> None:
     ap.add_argument("--write-golden", action="store_true")
     args = ap.parse_args()
 
-    from m2det.checkpoint import check_and_load, official_to_ours
+    from m2det.checkpoint import official_to_ours
     from m2det.config import get_config
     from m2det.model import M2Det
+    from m2det.state_dict import check_and_load
 
     off = import_official(args.official)
     cfg = get_config(args.config).replace(sfam=args.sfam)
