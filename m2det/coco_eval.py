@@ -13,7 +13,7 @@ import contextlib
 import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
+from m2det.predictor import Predictor
 from m2det.preprocess import preprocess, read_image
 
 #: COCOeval.stats in order; -1 means "no ground truth in that area range" (pycocotools' convention).
@@ -35,7 +36,6 @@ _STAT_LINES = [("0.50:0.95", "all", 100), ("0.50", "all", 100), ("0.75", "all", 
     ("0.50:0.95", area, 100) for area in ("small", "medium", "large")
 ]
 
-Predict = Callable[[np.ndarray], Detections]
 
 
 def load_coco_annotations(ann_file: str | Path) -> Any:
@@ -164,22 +164,20 @@ def _mean_valid(p: np.ndarray) -> float:
     return round(float(valid.mean()), 6) if valid.size else -1.0
 
 
-def evaluate_coco(predict: Predict, ann_file: str | Path, image_dir: str | Path, *,
+def evaluate_coco(predict: Predictor, ann_file: str | Path, image_dir: str | Path, *,
                   config_labels: Sequence[str] | None = None, limit: int | None = None,
                   batch: int = 1, out_json: str | Path | None = None, per_class: bool = False,
-                  progress: bool = True, input_size: int | None = None) -> dict[str, Any]:
+                  progress: bool = True) -> dict[str, Any]:
     """Run ``predict`` over the images of ``ann_file`` (under ``image_dir``) and COCO-score it.
 
-    predict: [B,3,S,S] float32 BGR 0-255 -> Detections (boxes normalized); S is ``input_size`` or
-    ``predict.input_size`` (runners have it). ``config_labels`` (the model's foreground names) is
-    checked against the file's category count. ``limit``: first N images by id. Unreadable images
-    are skipped and listed under ``"skipped"``. ``out_json``: the COCO results list, written
-    atomically. Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "num_images",
+    ``predict``: a :class:`m2det.predictor.Predictor` (every runner is one): [B,3,S,S] float32 BGR
+    0-255 -> Detections (boxes normalized), S its ``input_size``. ``config_labels`` (the model's
+    foreground names) is checked against the file's category count. ``limit``: first N images by
+    id. Unreadable images are skipped and listed under ``"skipped"``. ``out_json``: the COCO
+    results list, written atomically. Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "num_images",
     "num_detections", "skipped"}`` (+ ``"per_class"``).
     """
-    size = input_size if input_size is not None else getattr(predict, "input_size", None)
-    if not isinstance(size, int):
-        raise TypeError("evaluate_coco needs input_size= when predict has no .input_size")
+    size = predict.input_size
     if batch < 1:
         raise M2DetError(f"batch must be >= 1, got {batch}")
     if limit is not None and limit < 1:
@@ -193,7 +191,7 @@ def evaluate_coco(predict: Predict, ann_file: str | Path, image_dir: str | Path,
         raise M2DetError(f"{ann_file} has {len(cat_ids)} categories but the model predicts "
                          f"{len(config_labels)} classes")  # fmt: skip
     ids = sorted(int(i) for i in gt.getImgIds())[:limit]
-    min_batch = getattr(predict, "batch_range", (1, 1))[0]
+    min_batch = predict.batch_range[0]
 
     results: list[dict[str, Any]] = []
     evaluated: list[int] = []

@@ -13,8 +13,9 @@ import torch
 import m2det
 from m2det.checkpoint import load_model
 from m2det.coco_eval import evaluate_coco
+from m2det.nms import get_nms_params
+from m2det.predictor import ModelPredictor
 from m2det.shapes import generate
-from m2det.train import make_predict
 
 ASSETS = Path(m2det.__file__).parent / "assets"
 CHECKPOINT = ASSETS / "m2det_tiny_shapes.pth"
@@ -37,7 +38,7 @@ def test_bundled_checkpoint_reproduces_recorded_ap(tmp_path: Path) -> None:
     spec = META["val_set"]
     paths = generate(tmp_path, train=0, val=spec["images"], seed=spec["seed"], size=spec["size"])
     model = load_model(CHECKPOINT)
-    predict = make_predict(model, META["nms"], torch.device("cpu"))
+    predict = ModelPredictor(model, get_nms_params("official", **META["nms"]), torch.device("cpu"))
     metrics = evaluate_coco(predict, paths["val_json"], paths["val_images"],
                             config_labels=model.config.labels, batch=spec["batch"],
                             progress=False)
