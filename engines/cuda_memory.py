@@ -1,6 +1,7 @@
 """Small RAII-style helpers over cuda-python's runtime API (``cuda.bindings.runtime``), in the
 style of TensorRT's own Python samples: every call's status is checked, every allocation has an
-owner with ``free()``. Used by the TensorRT builder (GPU query) and runner (I/O, stream, graph).
+owner with ``free()`` and is a context manager that frees it on exit. Used by the TensorRT
+builder (GPU query) and runner (I/O, stream, graph).
 
 cuda-python is imported lazily so that importing this module never needs it; a missing package
 or a machine without a usable GPU is an ``M2DetError`` (one line), a failing CUDA call a
@@ -9,9 +10,10 @@ or a machine without a usable GPU is an ``M2DetError`` (one line), a failing CUD
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -74,7 +76,23 @@ def gpu_info() -> GpuInfo:
     return GpuInfo(int(index), name, int(prop.major), int(prop.minor))
 
 
-class Stream:
+class DeviceResource(abc.ABC):
+    """Something ``free()`` releases; as a context manager it is freed on exit (idempotent)."""
+
+    @abc.abstractmethod
+    def free(self) -> None: ...
+
+    def __enter__(self: R) -> R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+R = TypeVar("R", bound=DeviceResource)
+
+
+class Stream(DeviceResource):
     """A non-blocking CUDA stream; ``handle`` is the integer ``execute_async_v3`` takes."""
 
     def __init__(self) -> None:
@@ -99,7 +117,7 @@ class Stream:
             self._stream = None
 
 
-class DeviceBuffer:
+class DeviceBuffer(DeviceResource):
     """``nbytes`` of device memory (cudaMalloc); ``ptr`` is its address."""
 
     def __init__(self, nbytes: int) -> None:
@@ -112,7 +130,7 @@ class DeviceBuffer:
             self.ptr = 0
 
 
-class HostBuffer:
+class HostBuffer(DeviceResource):
     """Page-locked host memory (cudaMallocHost) viewed as a numpy array of ``shape``/``dtype``,
     so device->host copies can be asynchronous."""
 
@@ -153,7 +171,7 @@ def copy_dtoh_async(dst: HostBuffer, src: int, nbytes: int, stream: Stream) -> N
                              stream.raw), "cudaMemcpyAsync(DtoH)")  # fmt: skip
 
 
-class Graph:
+class Graph(DeviceResource):
     """A CUDA graph captured from the work one callable enqueues on ``stream``; ``launch()``
     replays it (same addresses, same shapes)."""
 

@@ -20,16 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from m2det import contract
+from m2det.config import M2DetConfig
+from m2det.detections import Detections
 from m2det.engines.base import Runner, Timing, check_batch, now_ms
-from m2det.engines.build import (
-    INPUT_NAME,
-    BatchProfile,
-    check_plan_version,
-    read_sidecar,
-    register_plugin_library,
-    require_tensorrt,
-    resolve_plugin_library,
-)
+from m2det.engines.batch_profile import BatchProfile
 from m2det.engines.cuda_memory import (
     CudaError,
     DeviceBuffer,
@@ -41,8 +36,9 @@ from m2det.engines.cuda_memory import (
     copy_htod_async,
     gpu_info,
 )
-from m2det.config import M2DetConfig
-from m2det.detections import Detections
+from m2det.engines.plan_sidecar import read_sidecar
+from m2det.engines.plugin_library import register_plugin_library, resolve_plugin_library
+from m2det.engines.trt_version import check_plan_version, require_tensorrt
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams, batched_nms
 
@@ -58,7 +54,7 @@ def plan_nms_params(meta: dict[str, Any]) -> NMSParams | None:
     """The NMS built into a plan (its sidecar's NMS attributes); None for a raw-graph plan or
     when the attributes were not recorded."""
     attrs = meta.get("nms")
-    if meta.get("graph") != "nms" or not attrs:
+    if meta.get("graph") == contract.GRAPH_RAW or not attrs:
         return None
     names = {f.name for f in fields(NMSParams)}
     return NMSParams(**{k: v for k, v in attrs.items() if k in names})
@@ -91,7 +87,7 @@ class TensorRTRunner(Runner):
         if built_in is not None and nms is not None and _differs(nms, built_in):
             warnings.warn(f"{self.plan.name} runs the NMS it was built with ({built_in}); the "
                           "requested NMS parameters are ignored", stacklevel=2)  # fmt: skip
-        self.has_nms = meta.get("graph") == "nms"
+        self.has_nms = meta.get("graph") != contract.GRAPH_RAW
         post = built_in or nms
         if post is None and not self.has_nms:
             raise M2DetError(f"{self.plan.name} is a raw-graph plan: pass NMS parameters")
@@ -154,7 +150,8 @@ class TensorRTRunner(Runner):
             raise M2DetError(f"{self.plan.name} has NMS inside: it returns detections, not raw "
                              "boxes/scores")  # fmt: skip
         out = self._execute(images)
-        return out["boxes"].astype(np.float32), out["scores"].astype(np.float32)
+        boxes, scores = (out[name].astype(np.float32) for name in contract.RAW_OUTPUTS)
+        return boxes, scores
 
     def infer(self, images: Any) -> Detections:
         """images [B,3,S,S] float32 BGR 0-255 (numpy, CPU or CUDA torch tensor), B within the
@@ -163,15 +160,10 @@ class TensorRTRunner(Runner):
         outputs = self._execute(images)
         t1 = now_ms()
         if self.has_nms:
-            b = len(outputs["num_detections"])
-            dets = Detections(outputs["num_detections"].reshape(b).astype(np.int32),
-                              outputs["detection_boxes"].astype(np.float32),
-                              outputs["detection_scores"].astype(np.float32),
-                              outputs["detection_classes"].astype(np.int32))  # fmt: skip
             self.last_timing = Timing(network=t1 - t0)
-            return dets
-        dets = batched_nms(outputs["boxes"].astype(np.float32),
-                           outputs["scores"].astype(np.float32), self.nms)  # fmt: skip
+            return Detections.from_nms_outputs(outputs)
+        boxes, scores = (outputs[name].astype(np.float32) for name in contract.RAW_OUTPUTS)
+        dets = batched_nms(boxes, scores, self.nms)
         self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
         return dets
 
@@ -220,9 +212,9 @@ class _EngineState:
             raise M2DetError(f"TensorRT cannot create an execution context for {plan}")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME]:
-            raise M2DetError(f"{plan}: expected one input {INPUT_NAME!r}, got {inputs}")
-        self.outputs = [n for n in names if n != INPUT_NAME]
+        if inputs != [contract.INPUT]:
+            raise M2DetError(f"{plan}: expected one input {contract.INPUT!r}, got {inputs}")
+        self.outputs = [n for n in names if n != contract.INPUT]
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self.stream = Stream()
         self._set_batch(max_batch)  # allocate for the largest shapes
@@ -246,7 +238,7 @@ class _EngineState:
 
     def _set_batch(self, b: int) -> None:
         assert self._context is not None
-        _check(self._context.set_input_shape(INPUT_NAME, (b, 3, self._size, self._size)),
+        _check(self._context.set_input_shape(contract.INPUT, (b, 3, self._size, self._size)),
                "set_input_shape")  # fmt: skip
 
     # ----- execution
@@ -274,8 +266,8 @@ class _EngineState:
         """Point the input at a CUDA tensor (``in_place``) or copy it into the input buffer: device
         to device for CUDA tensors, through pinned memory for host arrays."""
         assert self._context is not None and self.stream is not None
-        dtype = self.dtypes[INPUT_NAME]
-        address = self._device[INPUT_NAME].ptr
+        dtype = self.dtypes[contract.INPUT]
+        address = self._device[contract.INPUT].ptr
         if _is_cuda_tensor(images):
             import torch
 
@@ -289,10 +281,10 @@ class _EngineState:
         else:
             arr = images.numpy() if hasattr(images, "numpy") else images
             arr = np.ascontiguousarray(arr, dtype=dtype)
-            staging = self._host[INPUT_NAME].array.reshape(-1)[: arr.size]
+            staging = self._host[contract.INPUT].array.reshape(-1)[: arr.size]
             staging[:] = arr.reshape(-1)
             copy_htod_async(address, staging, self.stream)
-        _check(self._context.set_tensor_address(INPUT_NAME, address), "set_tensor_address")
+        _check(self._context.set_tensor_address(contract.INPUT, address), "set_tensor_address")
 
     def _enqueue(self) -> None:
         assert self._context is not None and self.stream is not None

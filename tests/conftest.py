@@ -7,6 +7,9 @@ from m2det.checkpoint import save_model
 from m2det.config import get_config
 from m2det.model import build_model
 
+#: Fixtures ``fake_trt`` and ``fake_gpu``: TensorRT and cuda-python stand-ins (fake_tensorrt.py).
+pytest_plugins = ["fake_tensorrt"]
+
 # One intra-op thread: the test models are tiny, and on a small (often shared) CI machine
 # several OpenMP workers spin against each other (measured: 1 thread ~10x faster than 2 there).
 torch.set_num_threads(1)

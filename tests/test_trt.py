@@ -20,11 +20,18 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from fake_tensorrt import FAKE_NMS, fake_network, fake_nms_network
 from onnx import TensorProto, helper
 
-from m2det.engines import build
-from m2det.engines.build import BatchProfile, check_plan_version, inspect_onnx
+from m2det import contract
 from m2det.config import get_config
+from m2det.engines import builder
+from m2det.engines.batch_profile import BatchProfile
+from m2det.engines.build_cli import main as build_main
+from m2det.engines.onnx_info import file_sha256, inspect_onnx
+from m2det.engines.plan_sidecar import read_sidecar, sidecar_path
+from m2det.engines.plugin_library import resolve_plugin_library
+from m2det.engines.trt_version import check_plan_version, require_tensorrt
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
 
@@ -44,8 +51,8 @@ def _tiny_onnx(path: Path, *, metadata: bool = True, input_name: str = "images",
              helper.make_node("Identity", [input_name], ["scores"])]  # fmt: skip
     outputs = ["boxes", "scores"]
     if nms is not None:
-        outputs = list(build.NMS_OUTPUTS)
-        nodes.append(helper.make_node(build.PLUGIN_OP, ["boxes", "scores"], outputs,
+        outputs = list(contract.NMS_OUTPUTS)
+        nodes.append(helper.make_node(contract.PLUGIN_NAME, ["boxes", "scores"], outputs,
                                       plugin_version="1", plugin_namespace="",
                                       **nms.attributes()))  # fmt: skip
     graph = helper.make_graph(nodes, "tiny", [x], [helper.make_empty_tensor_value_info(o)
@@ -82,11 +89,11 @@ def _sidecar(tmp_path: Path, **overrides: Any) -> Path:
     """A plan file with a sidecar as ``build_engine`` writes it."""
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"not a real engine")
-    meta = {"format": build.SIDECAR_FORMAT, "tensorrt_version": "10.13.0.35",
+    meta = {"format": contract.PLAN_SIDECAR_FORMAT, "tensorrt_version": "10.13.0.35",
             "version_compatible": False, "precision": "fp32", "graph": "raw",
             "input_size": S, "batch": {"min": 1, "opt": 2, "max": 4},
             "config": TINY.to_dict(), "nms": None, "plugin": None, **overrides}  # fmt: skip
-    build.sidecar_path(plan).write_text(json.dumps(meta))
+    sidecar_path(plan).write_text(json.dumps(meta))
     return plan
 
 
@@ -130,8 +137,8 @@ def test_network_flags_strongly_typed_only_on_trt10(monkeypatch: pytest.MonkeyPa
     fake = types.ModuleType("tensorrt")
     fake.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    assert build.network_flags("10.13.0.35") == 1 << 3
-    assert build.network_flags("11.1.0.106") == 0
+    assert builder.network_flags("10.13.0.35") == 1 << 3
+    assert builder.network_flags("11.1.0.106") == 0
 
 
 # --------------------------------------------------------------------------- CPU: ONNX inspection
@@ -145,7 +152,7 @@ def test_inspect_raw_graph(tmp_path: Path) -> None:
 def test_inspect_nms_graph(tmp_path: Path) -> None:
     params = NMSParams(method=0, score_threshold=0.2, max_detections=50)
     info = inspect_onnx(_tiny_onnx(tmp_path / "nms.onnx", nms=params, batch=2))
-    assert info.graph == "nms" and info.plugin and info.batch_dim == 2
+    assert info.graph == "nms-plugin" and info.plugin and info.batch_dim == 2
     assert info.nms is not None and _same_nms(NMSParams(**info.nms), params)  # no plugin_* attrs
 
 
@@ -169,13 +176,13 @@ def test_inspect_rejects_foreign_onnx(tmp_path: Path, kind: str, match: str) -> 
 def test_fixed_batch_onnx_refuses_other_profile(tmp_path: Path) -> None:
     path = _tiny_onnx(tmp_path / "b1.onnx", batch=1)
     with pytest.raises(M2DetError, match="fixed batch of 1"):
-        build.build_engine(path, batch="1:8:32")
+        builder.build_engine(path, batch="1:8:32")
 
 
 # --------------------------------------------------------------------------- CPU: CLI errors
 def test_build_cli_foreign_onnx_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _tiny_onnx(tmp_path / "foreign.onnx", metadata=False)
-    assert build.main(["--onnx", str(path)]) == 2
+    assert build_main(["--onnx", str(path)]) == 2
     line = _one_error_line(capsys.readouterr().err, "m2det-build")
     assert "not an M2Det export" in line
 
@@ -184,7 +191,7 @@ def test_build_cli_without_tensorrt_exits_2(tmp_path: Path, capsys: pytest.Captu
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _no_tensorrt(monkeypatch)
     path = _tiny_onnx(tmp_path / "raw.onnx")
-    assert build.main(["--onnx", str(path), "--batch", "1:2:4"]) == 2
+    assert build_main(["--onnx", str(path), "--batch", "1:2:4"]) == 2
     line = _one_error_line(capsys.readouterr().err, "m2det-build")
     assert "TensorRT is not installed" in line
     assert not (tmp_path / "raw.plan").exists()
@@ -192,7 +199,7 @@ def test_build_cli_without_tensorrt_exits_2(tmp_path: Path, capsys: pytest.Captu
 
 def test_build_cli_bad_batch_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _tiny_onnx(tmp_path / "raw.onnx")
-    assert build.main(["--onnx", str(path), "--batch", "4:2:1"]) == 2
+    assert build_main(["--onnx", str(path), "--batch", "4:2:1"]) == 2
     assert "batch profile" in _one_error_line(capsys.readouterr().err, "m2det-build")
 
 
@@ -227,20 +234,20 @@ def test_sidecar_missing_or_foreign(tmp_path: Path) -> None:
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"x")
     with pytest.raises(M2DetError, match="m.plan.json.* not found"):
-        build.read_sidecar(plan)
-    build.sidecar_path(plan).write_text(json.dumps({"format": "something-else"}))
+        read_sidecar(plan)
+    sidecar_path(plan).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(M2DetError, match="not an m2det plan sidecar"):
-        build.read_sidecar(plan)
-    build.sidecar_path(plan).write_text("{not json")
+        read_sidecar(plan)
+    sidecar_path(plan).write_text("{not json")
     with pytest.raises(M2DetError, match="unreadable plan metadata"):
-        build.read_sidecar(plan)
+        read_sidecar(plan)
 
 
 def test_plan_nms_params_from_sidecar(tmp_path: Path) -> None:
     from m2det.engines.trt_runner import plan_nms_params
 
     params = NMSParams(method=2, sigma=0.5, max_detections=100)
-    meta = build.read_sidecar(_sidecar(tmp_path, graph="nms", nms=params.attributes()))
+    meta = read_sidecar(_sidecar(tmp_path, graph="nms-plugin", nms=params.attributes()))
     assert plan_nms_params(meta) == params
     assert plan_nms_params({"graph": "raw", "nms": None}) is None
     from m2det.engines.trt_runner import _differs
@@ -262,123 +269,7 @@ def test_gpu_info_without_gpu() -> None:
 
 
 # --------------------------------------------------------------------------- CPU: builder logic
-def _fake_tensorrt(version: str) -> types.ModuleType:
-    """A recording stand-in for the few TensorRT calls ``build_engine`` makes, so the builder's
-    logic (flags, profile, cache, plugin, files written) runs on a machine without TensorRT."""
-    trt = types.ModuleType("tensorrt")
-    calls: dict[str, Any] = {"flags": set(), "cleared": set(), "loaded": []}
-    ns = types.SimpleNamespace
-
-    class Registry:
-        def get_creator(self, name: str, version: str, namespace: str) -> object | None:
-            ours = (name, version) == (build.PLUGIN_OP, "1")
-            return object() if calls["loaded"] and ours else None
-
-        def load_library(self, path: str) -> object:
-            calls["loaded"].append(path)
-            return object()
-
-    class Cache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytes:
-            return b"CACHE" + self.data
-
-    class Config:
-        plugins_to_serialize: list[str] = []
-        progress_monitor: Any = None
-
-        def set_memory_pool_limit(self, pool: str, size: int) -> None:
-            calls["workspace"] = (pool, size)
-
-        def add_optimization_profile(self, profile: Any) -> int:
-            return 0
-
-        def set_flag(self, flag: str) -> None:
-            calls["flags"].add(flag)
-
-        def clear_flag(self, flag: str) -> None:
-            calls["cleared"].add(flag)
-
-        def create_timing_cache(self, data: bytes) -> Cache:
-            return Cache(bytes(data))
-
-        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self) -> Cache:
-            return self.cache
-
-    class Profile:
-        def set_shape(self, name: str, *shapes: list[int]) -> None:
-            calls["profile"] = (name, shapes)
-
-    class Builder:
-        def __init__(self, logger: Any) -> None:
-            pass
-
-        def get_plugin_registry(self) -> Registry:
-            return Registry()
-
-        def create_network(self, flags: int) -> object:
-            calls["network_flags"] = flags
-            return object()
-
-        def create_builder_config(self) -> Config:
-            calls["config"] = Config()
-            return calls["config"]
-
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
-
-        def build_serialized_network(self, network: object, config: Config) -> bytes:
-            monitor = config.progress_monitor
-            monitor.phase_start("Building", None, 2)
-            assert monitor.step_complete("Building", 0) and monitor.step_complete("Building", 1)
-            monitor.phase_finish("Building")
-            return b"PLAN-BYTES"
-
-    class Parser:
-        def __init__(self, network: object, logger: Any) -> None:
-            self.num_errors = 0
-
-        def parse_from_file(self, path: str) -> bool:
-            self.num_errors = 2 if "broken" in path else 0
-            return self.num_errors == 0
-
-        def get_error(self, i: int) -> Any:
-            return ns(desc=lambda: "Unsupported\n op", node_name=lambda: "/nms/X", node=lambda: 7,
-                      node_operator=lambda: build.PLUGIN_OP)  # fmt: skip
-
-    class IProgressMonitor:
-        def __init__(self) -> None:
-            pass
-
-    trt.__dict__.update(
-        __version__=version, Builder=Builder, OnnxParser=Parser, IProgressMonitor=IProgressMonitor,
-        Logger=type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda self, s: None,
-                                   "log": lambda self, s, m: None}),
-        BuilderFlag=ns(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE"),
-        NetworkDefinitionCreationFlag=ns(STRONGLY_TYPED=1), MemoryPoolType=ns(WORKSPACE="WS"),
-        Dims=list, calls=calls,
-    )  # fmt: skip
-    return trt
-
-
-@pytest.fixture()
-def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from m2det.engines import cuda_memory
-
-    def install(version: str) -> types.ModuleType:
-        trt = _fake_tensorrt(version)
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        return trt
-
-    monkeypatch.setattr(cuda_memory, "gpu_info", lambda: cuda_memory.GpuInfo(0, "Fake GPU", 9, 0))
-    return install
-
+# --------------------------------------------------------------------------- CPU: builder logic
 
 def test_build_engine_logic(tmp_path: Path, fake_trt: Any) -> None:
     trt = fake_trt("10.13.0.35")
@@ -388,7 +279,7 @@ def test_build_engine_logic(tmp_path: Path, fake_trt: Any) -> None:
     lib.write_bytes(b"\x7fELF")
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
-    plan = build.build_engine(onnx_path, batch="1:2:4", plugin_lib=lib, timing_cache=cache,
+    plan = builder.build_engine(onnx_path, batch="1:2:4", plugin_lib=lib, timing_cache=cache,
                               workspace_gib=2, progress=False)  # fmt: skip
     assert plan == tmp_path / "tiny_nms.plan" and plan.read_bytes() == b"PLAN-BYTES"  # plain
     calls = trt.calls
@@ -398,12 +289,12 @@ def test_build_engine_logic(tmp_path: Path, fake_trt: Any) -> None:
     assert calls["profile"] == ("images", ([1, 3, S, S], [2, 3, S, S], [4, 3, S, S]))
     assert calls["loaded"] == [str(lib.resolve())]
     assert cache.read_bytes() == b"CACHEold"  # loaded, then saved
-    meta = build.read_sidecar(plan)
+    meta = read_sidecar(plan)
     assert meta["tensorrt_version"] == "10.13.0.35" and meta["precision"] == "fp16"
     assert meta["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"}
-    assert meta["graph"] == "nms" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert meta["graph"] == "nms-plugin" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert meta["plugin"]["library"] == str(lib.resolve()) and not meta["version_compatible"]
-    assert meta["source_onnx"]["sha256"] == build.file_sha256(onnx_path)
+    assert meta["source_onnx"]["sha256"] == file_sha256(onnx_path)
     assert _same_nms(NMSParams(**meta["nms"]), params)
     from m2det.config import M2DetConfig
 
@@ -414,13 +305,13 @@ def test_build_engine_trt11_version_compatible(tmp_path: Path, fake_trt: Any) ->
     trt = fake_trt("11.1.0.106")
     lib = tmp_path / "libm2det_plugins.so"
     lib.write_bytes(b"\x7fELF")
-    plan = build.build_engine(_tiny_onnx(tmp_path / "n.onnx", nms=NMSParams(max_detections=9)),
+    plan = builder.build_engine(_tiny_onnx(tmp_path / "n.onnx", nms=NMSParams(max_detections=9)),
                               plugin_lib=lib, timing_cache=tmp_path / "c", version_compatible=True,
                               tf32=True, progress=False)  # fmt: skip
     assert trt.calls["network_flags"] == 0  # TensorRT 11: always strongly typed, no flag
     assert trt.calls["flags"] == {"VERSION_COMPATIBLE"} and trt.calls["cleared"] == set()
     assert trt.calls["config"].plugins_to_serialize == [str(lib.resolve())]
-    meta = build.read_sidecar(plan)
+    meta = read_sidecar(plan)
     assert meta["version_compatible"] and meta["plugin"]["serialized_in_plan"] and meta["tf32"]
 
 
@@ -428,177 +319,19 @@ def test_build_engine_errors(tmp_path: Path, fake_trt: Any, capsys: pytest.Captu
                              monkeypatch: pytest.MonkeyPatch) -> None:
     fake_trt("10.13.0.35")
     broken = _tiny_onnx(tmp_path / "broken.onnx")
-    assert build.main(["--onnx", str(broken), "--timing-cache", str(tmp_path / "c")]) == 2
+    assert build_main(["--onnx", str(broken), "--timing-cache", str(tmp_path / "c")]) == 2
     line = _one_error_line(capsys.readouterr().err, "m2det-build")
-    assert f"node /nms/X ({build.PLUGIN_OP}): Unsupported op; 1 more error(s)" in line
+    assert f"node /nms/X ({contract.PLUGIN_NAME}): Unsupported op; 1 more error(s)" in line
     monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
     monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
     nms = _tiny_onnx(tmp_path / "nms.onnx", nms=NMSParams(max_detections=9))
-    assert build.main(["--onnx", str(nms)]) == 2
+    assert build_main(["--onnx", str(nms)]) == 2
     assert "--plugin-lib" in _one_error_line(capsys.readouterr().err, "m2det-build")
     assert not (tmp_path / "broken.plan").exists() and not (tmp_path / "nms.plan").exists()
 
 
 # --------------------------------------------------------------------------- CPU: runner data flow
-A, C = 3, 2  # anchors and classes of the stand-in network
-FAKE_BOXES = np.array([[0.1, 0.1, 0.4, 0.4], [0.12, 0.1, 0.42, 0.4], [0.6, 0.6, 0.9, 0.8]],
-                      np.float32)  # fmt: skip
-
-
-def fake_network(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the stand-in engine computes: fixed boxes, scores from each image's mean."""
-    m = images.reshape(len(images), -1).mean(axis=1) / 255.0
-    scores = np.stack([np.stack([m, 1 - m], 1) * w for w in (1.0, 0.9, 0.5)], 1)
-    return np.broadcast_to(FAKE_BOXES, (len(images), A, 4)).copy(), scores.astype(np.float32)
-
-
-def _fake_cuda() -> types.SimpleNamespace:
-    """cuda-python's runtime calls the runner makes, on host memory (pointers are host addresses;
-    a captured stream records the engine's work and a graph launch replays it)."""
-    import ctypes
-
-    ns = types.SimpleNamespace
-    memory: dict[int, np.ndarray] = {}
-    state: dict[str, Any] = {"capture": None, "launches": 0}
-
-    def alloc(n: int) -> tuple[int, int]:
-        buf = np.zeros(n, np.uint8)
-        memory[buf.ctypes.data] = buf
-        return (0, buf.ctypes.data)
-
-    def memcpy(dst: int, src: int, n: int, kind: str, stream: int) -> tuple[int]:
-        ctypes.memmove(dst, src, n)
-        return (0,)
-
-    def end_capture(stream: int) -> tuple[int, list[Any]]:
-        graph, state["capture"] = state["capture"], None
-        return (0, graph)
-
-    def launch(graph: list[Any], stream: int) -> tuple[int]:
-        state["launches"] += 1
-        for work in graph:
-            work()
-        return (0,)
-
-    ok = (0,)
-    return ns(
-        cudaError_t=ns(cudaSuccess=0), cudaGetErrorString=lambda e: (0, b"fake"),
-        cudaGetDeviceCount=lambda: (0, 1), cudaGetDevice=lambda: (0, 0),
-        cudaGetDeviceProperties=lambda i: (0, ns(name=b"Fake GPU\0", major=9, minor=0)),
-        cudaMalloc=alloc, cudaMallocHost=alloc,
-        cudaFree=lambda p: (memory.pop(p), ok)[1], cudaFreeHost=lambda p: (memory.pop(p), ok)[1],
-        cudaStreamNonBlocking=1, cudaStreamCreateWithFlags=lambda f: (0, 77),
-        cudaStreamSynchronize=lambda s: ok, cudaStreamDestroy=lambda s: ok,
-        cudaMemcpyKind=ns(cudaMemcpyHostToDevice="HtoD", cudaMemcpyDeviceToHost="DtoH",
-                          cudaMemcpyDeviceToDevice="DtoD"),
-        cudaMemcpyAsync=memcpy,
-        cudaStreamCaptureMode=ns(cudaStreamCaptureModeThreadLocal=1),
-        cudaStreamBeginCapture=lambda s, m: (state.update(capture=[]), ok)[1],
-        cudaStreamEndCapture=end_capture, cudaGraphInstantiate=lambda g, f: (0, g),
-        cudaGraphLaunch=launch, cudaGraphExecDestroy=lambda g: ok, cudaGraphDestroy=lambda g: ok,
-        memory=memory, state=state,
-    )  # fmt: skip
-
-
-FAKE_NMS = NMSParams(method=0, score_threshold=0.05, iou_threshold=0.5, max_detections=4)
-
-
-def fake_nms_network(images: np.ndarray) -> dict[str, np.ndarray]:
-    """The stand-in NMS engine: ``fake_network`` + the reference NMS, EfficientNMS layout."""
-    from m2det.nms import batched_nms
-
-    d = batched_nms(*fake_network(images), FAKE_NMS)
-    return {"num_detections": d.num.reshape(-1, 1), "detection_boxes": d.boxes,
-            "detection_scores": d.scores, "detection_classes": d.classes}  # fmt: skip
-
-
-def _fake_engine(trt: types.ModuleType, cuda: types.SimpleNamespace, max_batch: int) -> None:
-    """Add a Runtime to the TensorRT stand-in whose engine runs ``fake_network`` (plan bytes
-    b"PLAN-BYTES") or ``fake_nms_network`` (b"NMS-PLAN")."""
-    import ctypes
-
-    f32, i32, k = np.dtype(np.float32), np.dtype(np.int32), FAKE_NMS.max_detections
-    raw = {"images": (f32, (3, S, S)), "boxes": (f32, (A, 4)), "scores": (f32, (A, C))}
-    nms = {"images": (f32, (3, S, S)), "num_detections": (i32, (1,)),
-           "detection_boxes": (f32, (k, 4)), "detection_scores": (f32, (k,)),
-           "detection_classes": (i32, (k,))}  # fmt: skip
-
-    def view(ptr: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        n = int(np.prod(shape))
-        ctype = ctypes.c_float if dtype == f32 else ctypes.c_int32
-        return np.ctypeslib.as_array((ctype * n).from_address(ptr)).reshape(shape)
-
-    class Context:
-        def __init__(self, io: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> None:
-            self.io, self.batch, self.addr = io, 0, {}
-
-        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-            self.batch = shape[0]
-            return name == "images" and 1 <= shape[0] <= max_batch and shape[1:] == (3, S, S)
-
-        def get_tensor_shape(self, name: str) -> list[int]:
-            return [self.batch, *self.io[name][1]]
-
-        def set_tensor_address(self, name: str, ptr: int) -> bool:
-            self.addr[name] = ptr
-            return True
-
-        def execute_async_v3(self, stream: int) -> bool:
-            b, addr, io = self.batch, dict(self.addr), self.io
-
-            def work() -> None:
-                x = view(addr["images"], (b, 3, S, S), f32)
-                if io is raw:
-                    out = dict(zip(("boxes", "scores"), fake_network(x), strict=True))
-                else:
-                    out = fake_nms_network(x)
-                for name, value in out.items():
-                    view(addr[name], value.shape, io[name][0])[:] = value
-
-            capture = cuda.state["capture"]
-            capture.append(work) if capture is not None else work()
-            return True
-
-    class Engine:
-        def __init__(self, io: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> None:
-            self.io, self.num_io_tensors = io, len(io)
-
-        def get_tensor_name(self, i: int) -> str:
-            return list(self.io)[i]
-
-        def get_tensor_mode(self, name: str) -> str:
-            return "IN" if name == "images" else "OUT"
-
-        def get_tensor_dtype(self, name: str) -> np.dtype[Any]:
-            return self.io[name][0]
-
-        def create_execution_context(self) -> Context:
-            return Context(self.io)
-
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.engine_host_code_allowed = False
-
-        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
-            return {b"PLAN-BYTES": Engine(raw), b"NMS-PLAN": Engine(nms)}.get(data)
-
-    registry = trt.Builder(None).get_plugin_registry()
-    trt.__dict__.update(Runtime=Runtime, TensorIOMode=types.SimpleNamespace(INPUT="IN"),
-                        nptype=lambda dt: dt, get_plugin_registry=lambda: registry)  # fmt: skip
-
-
-@pytest.fixture()
-def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Install the TensorRT and CUDA stand-ins; returns (plan path maker, fake cuda)."""
-    from m2det.engines import cuda_memory
-
-    trt = _fake_tensorrt("10.13.0.35")
-    cuda = _fake_cuda()
-    _fake_engine(trt, cuda, max_batch=4)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(cuda_memory, "cudart", lambda: cuda)
-    return cuda
-
+# --------------------------------------------------------------------------- CPU: runner data flow
 
 def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
     from m2det.engines.trt_runner import TensorRTRunner
@@ -634,9 +367,9 @@ def test_runner_nms_plan(tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.Monk
 
     lib = tmp_path / "libm2det_plugins.so"
     lib.write_bytes(b"\x7fELF")
-    plugin = {"op": build.PLUGIN_OP, "version": "1", "library": str(lib),
+    plugin = {"op": contract.PLUGIN_NAME, "version": "1", "library": str(lib),
               "serialized_in_plan": False}  # fmt: skip
-    plan = _sidecar(tmp_path, graph="nms", nms=FAKE_NMS.attributes(), plugin=plugin)
+    plan = _sidecar(tmp_path, graph="nms-plugin", nms=FAKE_NMS.attributes(), plugin=plugin)
     plan.write_bytes(b"NMS-PLAN")
     monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
     images = np.random.default_rng(2).uniform(0, 255, (2, 3, S, S)).astype(np.float32)
@@ -729,7 +462,7 @@ def test_cpp_preprocessing_matches_python(tmp_path: Path, opencv: bool) -> None:
 # --------------------------------------------------------------------------- TensorRT + GPU
 def _tensorrt_or_skip() -> str:
     try:
-        version = build.require_tensorrt()
+        version = require_tensorrt()
     except M2DetError as e:
         pytest.skip(f"TensorRT not usable here: {e}")
     from m2det.engines.cuda_memory import gpu_info
@@ -756,8 +489,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)
     try:  # the bundled trained model gives clear detections (no near-ties in NMS)
-        from m2det.engines.registry import default_checkpoint
         from m2det.checkpoint import load_model
+        from m2det.engines.registry import default_checkpoint
 
         model = load_model(default_checkpoint(), TINY.name)
     except M2DetError:
@@ -769,12 +502,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     params = NMSParams(method=1, score_threshold=0.05, max_detections=100)
     files: dict[str, Any] = {"raw": out / "tiny.onnx", "params": params, "dir": out}
     try:
-        lib = build.resolve_plugin_library(None)
+        lib = resolve_plugin_library(None)
         if lib is None:
             from m2det.engines.soft_nms_kernel import build_libraries, library_dir
 
             build_libraries(library_dir())
-            lib = build.resolve_plugin_library(None)
+            lib = resolve_plugin_library(None)
     except M2DetError as e:
         print(f"soft-NMS plugin library unavailable: {e}")
         lib = None
@@ -803,9 +536,9 @@ def test_raw_plan_matches_onnxruntime(exported: dict[str, Any]) -> None:
     from m2det.engines.trt_runner import TensorRTRunner
     from m2det.nms import batched_nms
 
-    plan = build.build_engine(exported["raw"], exported["dir"] / "raw.plan", batch="1:2:4",
+    plan = builder.build_engine(exported["raw"], exported["dir"] / "raw.plan", batch="1:2:4",
                               progress=False)  # fmt: skip
-    meta = build.read_sidecar(plan)
+    meta = read_sidecar(plan)
     assert meta["graph"] == "raw" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
     images = exported["images"]
     ref_boxes, ref_scores = _ort_raw(exported["raw"], images)
@@ -835,7 +568,7 @@ def test_raw_plan_cuda_tensor_and_graph(exported: dict[str, Any]) -> None:
 
     plan = exported["dir"] / "raw.plan"
     if not plan.is_file():
-        plan = build.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
+        plan = builder.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
     images = exported["images"]
     with TensorRTRunner(plan, exported["params"]) as host_runner:
         want = host_runner(images)
@@ -853,7 +586,7 @@ def test_nms_plan_matches_reference(exported: dict[str, Any]) -> None:
 
     if "nms" not in exported:
         pytest.skip("soft-NMS plugin library not available (build plugins/ with TensorRT)")
-    plan = build.build_engine(exported["nms"], exported["dir"] / "nms.plan", batch="1:2:4",
+    plan = builder.build_engine(exported["nms"], exported["dir"] / "nms.plan", batch="1:2:4",
                               plugin_lib=exported["lib"], progress=False)  # fmt: skip
     images = exported["images"]
     ref = batched_nms(*_ort_raw(exported["raw"], images), exported["params"])
@@ -882,18 +615,18 @@ def test_trt_bad_inputs_exit_2(exported: dict[str, Any], tmp_path: Path,
 
     plan = exported["dir"] / "raw.plan"
     if not plan.is_file():
-        plan = build.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
+        plan = builder.build_engine(exported["raw"], plan, batch="1:2:4", progress=False)
     # a plan whose sidecar names another TensorRT version
     other = tmp_path / "other.plan"
     other.write_bytes(plan.read_bytes())
-    meta = build.read_sidecar(plan)
-    build.sidecar_path(other).write_text(json.dumps({**meta, "tensorrt_version": "9.0.0.1"}))
+    meta = read_sidecar(plan)
+    sidecar_path(other).write_text(json.dumps({**meta, "tensorrt_version": "9.0.0.1"}))
     with pytest.raises(M2DetError, match="built with TensorRT 9.0.0.1"):
         TensorRTRunner(other, exported["params"])
     # an NMS plan without its plugin library
-    build.sidecar_path(other).write_text(json.dumps({
+    sidecar_path(other).write_text(json.dumps({
         **meta, "graph": "nms", "nms": exported["params"].attributes(),
-        "plugin": {"op": build.PLUGIN_OP, "version": "1", "library": str(tmp_path / "gone.so"),
+        "plugin": {"op": contract.PLUGIN_NAME, "version": "1", "library": str(tmp_path / "gone.so"),
                    "serialized_in_plan": False}}))  # fmt: skip
     monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
     monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
@@ -901,7 +634,17 @@ def test_trt_bad_inputs_exit_2(exported: dict[str, Any], tmp_path: Path,
         TensorRTRunner(other)
     # the CLI: ONNX that is not ours, and a missing plugin library
     foreign = _tiny_onnx(tmp_path / "foreign.onnx", metadata=False)
-    assert build.main(["--onnx", str(foreign)]) == 2
+    assert build_main(["--onnx", str(foreign)]) == 2
     assert "not an M2Det export" in _one_error_line(capsys.readouterr().err, "m2det-build")
-    assert build.main(["--onnx", str(exported["raw"]), "--plugin-lib", "/no/such.so"]) == 2
+    assert build_main(["--onnx", str(exported["raw"]), "--plugin-lib", "/no/such.so"]) == 2
     assert "plugin library not found" in _one_error_line(capsys.readouterr().err, "m2det-build")
+
+
+def test_cuda_buffers_free_themselves_as_context_managers(fake_gpu: Any) -> None:
+    from m2det.engines.cuda_memory import DeviceBuffer, HostBuffer, Stream
+
+    with Stream() as stream, DeviceBuffer(64) as device, HostBuffer((4, 4), np.float32) as host:
+        assert device.ptr and host.array.shape == (4, 4) and stream.handle == 77
+        assert len(fake_gpu.memory) == 2
+    assert not fake_gpu.memory and device.ptr == 0 and host.ptr == 0
+    device.free()  # a second free is a no-op

@@ -26,8 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2det"
 #: The files whose TensorRT / CUDA usage is checked (ours + the runner base class).
-TRT_FILES = ("engines/build.py", "engines/trt_runner.py", "engines/cuda_memory.py",
-             "engines/base.py")  # fmt: skip
+TRT_FILES = ("engines/builder.py", "engines/plugin_library.py", "engines/trt_version.py",
+             "engines/trt_runner.py", "engines/cuda_memory.py", "engines/base.py")  # fmt: skip
 STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi",
               "tensorrt_bindings/tensorrt.pyi")  # fmt: skip
 MYPY_INI = """[mypy]
@@ -91,11 +91,26 @@ def stubs() -> Path:
     return repaired_stubs(source, CACHE / "tensorrt-stubs")
 
 
-def _mypy(stubs: Path, *files: str) -> subprocess.CompletedProcess[str]:
+def namespace_tree(dest: Path) -> Path:
+    """The installed layout of the sources as symlinks under ``dest`` (``m2det/`` with ``export``,
+    ``engines`` and ``benchmarks`` inside it), so mypy resolves ``m2det.engines...`` imports to
+    this checkout without an installed package."""
+    pkg = dest / "m2det"
+    if pkg.is_dir():
+        return dest
+    pkg.mkdir(parents=True)
+    for item in (REPO / "m2det").iterdir():
+        (pkg / item.name).symlink_to(item)
+    for folder in ("export", "engines", "benchmarks"):
+        (pkg / folder).symlink_to(REPO / folder)
+    return dest
+
+
+def _mypy(stubs: Path, *files: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MYPYPATH": str(stubs)}
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(stubs / "mypy.ini"),
            "--cache-dir", str(CACHE / "mypy-trt"), "--no-error-summary", *files]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.slow
@@ -106,7 +121,9 @@ def test_trt_code_typechecks_against_tensorrt_stubs(stubs: Path, tmp_path: Path)
     bad = _mypy(stubs, str(wrong))
     assert "has no attribute \"FP17\"" in bad.stdout, bad.stdout + bad.stderr  # stubs in force
     assert "create_network" in bad.stdout
-    run = _mypy(stubs, *TRT_FILES)
+    tree = namespace_tree(tmp_path / "src")
+    files = [str(Path("m2det") / f) for f in TRT_FILES]
+    run = _mypy(stubs, *files, cwd=tree)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

@@ -1,0 +1,114 @@
+"""What the builder and the TensorRT runner need to know about an exported M2Det ONNX file: its
+metadata (``m2det.contract`` keys), input, outputs and NMS node."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m2det import contract
+from m2det.errors import M2DetError
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the builder needs to know about an exported ONNX file.
+
+    ``batch_dim``: the input's batch dimension (None when dynamic); ``graph``: one of
+    ``contract.GRAPH_KINDS`` (raw boxes/scores, or EfficientNMS-style outputs from the plugin node
+    or from ONNX NMS ops); ``nms``: the NMS attributes (plugin node, else metadata), None for a
+    raw graph or when unknown; ``plugin``: whether the graph has the soft-NMS plugin node.
+    """
+
+    path: Path
+    sha256: str
+    config: dict[str, Any]
+    precision: str
+    input_size: int
+    batch_dim: int | None
+    outputs: tuple[str, ...]
+    graph: str
+    nms: dict[str, Any] | None
+    plugin: bool
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (recorded in the sidecar: which ONNX file a plan came from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _meta_key(name: str) -> str:
+    return contract.META_PREFIX + name
+
+
+def inspect_onnx(path: str | Path) -> OnnxInfo:
+    """Read an exported M2Det ONNX file's metadata, input and NMS node; M2DetError (one line)
+    for a missing/unreadable file or an ONNX file that ``m2det-export`` did not write."""
+    import onnx
+    from onnx import helper
+
+    path = Path(path)
+    if not path.is_file():
+        raise M2DetError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any decode failure is a bad file
+        raise M2DetError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    config_key = _meta_key(contract.META_CONFIG)
+    if config_key not in meta:
+        raise M2DetError(f"{path} is not an M2Det export (no {config_key!r} metadata); "
+                         "export it with m2det-export")  # fmt: skip
+    try:
+        config = json.loads(meta[config_key])
+        size = int(config["input_size"])
+    except (ValueError, KeyError, TypeError):
+        raise M2DetError(f"{path}: metadata {config_key!r} is not a config JSON") from None
+    precision = meta.get(_meta_key(contract.META_PRECISION), "fp32")
+    if precision not in contract.PRECISIONS:
+        raise M2DetError(f"{path}: unknown precision {precision!r} in metadata")
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if [v.name for v in inputs] != [contract.INPUT]:
+        raise M2DetError(f"{path}: expected one input {contract.INPUT!r}, got "
+                         f"{[v.name for v in inputs]}; not an M2Det export")  # fmt: skip
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4 or shape[1:] != [3, size, size]:
+        raise M2DetError(f"{path}: input {contract.INPUT!r} has shape {shape}, expected "
+                         f"[B,3,{size},{size}]")  # fmt: skip
+    outputs = tuple(o.name for o in model.graph.output)
+    if set(outputs) not in (set(contract.RAW_OUTPUTS), set(contract.NMS_OUTPUTS)):
+        raise M2DetError(f"{path}: outputs {list(outputs)} are neither "
+                         f"{list(contract.RAW_OUTPUTS)} nor {list(contract.NMS_OUTPUTS)}; "
+                         "not an M2Det export")  # fmt: skip
+    plugin = next((n for n in model.graph.node if n.op_type == contract.PLUGIN_NAME), None)
+    nms: dict[str, Any] | None = None
+    if plugin is not None:
+        nms = {a.name: _plain(helper.get_attribute_value(a)) for a in plugin.attribute
+               if not a.name.startswith("plugin_")}  # fmt: skip
+    elif _meta_key(contract.META_NMS) in meta:
+        nms = json.loads(meta[_meta_key(contract.META_NMS)])
+    if set(outputs) == set(contract.RAW_OUTPUTS):
+        graph, nms = contract.GRAPH_RAW, None
+    else:
+        graph = contract.GRAPH_NMS_PLUGIN if plugin is not None else contract.GRAPH_NMS_ONNX
+    return OnnxInfo(path, file_sha256(path), config, precision, size, shape[0], outputs, graph,
+                    nms, plugin is not None)
+
+
+def _plain(value: Any) -> Any:
+    """ONNX attribute value -> JSON-able (bytes -> str, repeated -> list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
