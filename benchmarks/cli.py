@@ -16,11 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from m2det.benchmarks import harness
-from m2det.benchmarks.harness import BenchSettings, Variant, VariantPlan
-from m2det.export.precision import PLACEMENTS
+from m2det.benchmarks import harness, image_pool
+from m2det.benchmarks.harness import BenchSettings
+from m2det.benchmarks.variants import (
+    BACKENDS,
+    SWEEP_PRESETS,
+    Variant,
+    VariantPlan,
+    checkpoint_at,
+    checkpoint_weights,
+    make_variants,
+    random_checkpoint,
+)
 from m2det.cli import make_parser, run_cli
+from m2det.contract import PRECISIONS
 from m2det.errors import M2DetError
+from m2det.export.precision import PLACEMENTS
 from m2det.io import atomic_write_json
 
 PROG = "m2det-bench"
@@ -54,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
                         "size, or random weights (speed only) without --ckpt")  # fmt: skip
     a.add_argument("--backends", type=_names, default=("torch",), metavar="B,B",
-                   help=f"backends for a checkpoint/sweep: {', '.join(harness.BACKENDS)}")
+                   help=f"backends for a checkpoint/sweep: {', '.join(BACKENDS)}")
     a.add_argument("--precisions", type=_names, default=None, metavar="P,P",
-                   help=f"precisions for a checkpoint/sweep: {', '.join(harness.PRECISIONS)} "
+                   help=f"precisions for a checkpoint/sweep: {', '.join(PRECISIONS)} "
                         "(default fp32)")  # fmt: skip
     a.add_argument("--device", default="cpu", help="cpu or cuda")
     a.add_argument("--fp16", action="store_true", help="shorthand for --precisions fp16")
@@ -127,35 +138,35 @@ def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSetti
 
 def _calibration_images(args: argparse.Namespace) -> list[Any]:
     if args.calib is not None:
-        return harness.folder_pool(args.calib, args.calib_count)
+        return image_pool.folder_pool(args.calib, args.calib_count)
     if args.images is not None:
-        return harness.folder_pool(args.images, args.calib_count)
-    return harness.synthetic_pool(args.calib_count, seed=1)
+        return image_pool.folder_pool(args.images, args.calib_count)
+    return image_pool.synthetic_pool(args.calib_count, seed=1)
 
 
 def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path, str]], list[str]]:
     """[(checkpoint, weights)] to make variants from, and notes for the results."""
-    from m2det.engines.registry import default_checkpoint
     from m2det.checkpoint import read_checkpoint, resolve_config
+    from m2det.engines.registry import default_checkpoint
 
     if args.sweep:
-        bad = [s for s in args.sweep if s not in harness.SWEEP_PRESETS]
+        bad = [s for s in args.sweep if s not in SWEEP_PRESETS]
         if bad:
-            valid = ", ".join(str(s) for s in harness.SWEEP_PRESETS)
+            valid = ", ".join(str(s) for s in SWEEP_PRESETS)
             raise M2DetError(f"--sweep size {bad[0]} has no VGG preset; valid: {valid}")
-        presets = [harness.SWEEP_PRESETS[s] for s in args.sweep]
+        presets = [SWEEP_PRESETS[s] for s in args.sweep]
         if args.ckpt is None:
             print(f"[bench] --sweep without --ckpt: seeded random weights (seed {args.seed}), "
                   "speed only")  # fmt: skip
-            return [(harness.random_checkpoint(name, work / f"{name}_random.pth", args.seed),
+            return [(random_checkpoint(name, work / f"{name}_random.pth", args.seed),
                      "random") for name in presets], [f"random weights, seed {args.seed}"]
-        weights = harness.checkpoint_weights(args.ckpt)
-        return [(harness.checkpoint_at(args.ckpt, name, work / f"{name}.pth"), weights)
+        weights = checkpoint_weights(args.ckpt)
+        return [(checkpoint_at(args.ckpt, name, work / f"{name}.pth"), weights)
                 for name in presets], [f"weights of {args.ckpt} at every size"]  # fmt: skip
     ckpt = args.ckpt or default_checkpoint()
     cfg = resolve_config(read_checkpoint(ckpt), args.config, str(ckpt))
-    weights = harness.checkpoint_weights(ckpt)
-    return [(harness.checkpoint_at(ckpt, cfg.name, work / f"{cfg.name}.pth"), weights)], []
+    weights = checkpoint_weights(ckpt)
+    return [(checkpoint_at(ckpt, cfg.name, work / f"{cfg.name}.pth"), weights)], []
 
 
 def _bench(argv: Sequence[str] | None) -> int:
@@ -180,7 +191,7 @@ def _bench(argv: Sequence[str] | None) -> int:
                          f"{len(plan.calib_images)} images, recipe {plan.placement}")
         variants, skipped = [], []
         for ckpt, weights in sources:
-            made, why = harness.make_variants(ckpt, weights, plan, work)
+            made, why = make_variants(ckpt, weights, plan, work)
             variants += made
             skipped += why
         for s in skipped:

@@ -4,9 +4,9 @@
 2. its synthetic val set regenerated (``m2det.shapes.generate`` with the seed and image size its
    JSON sidecar records) into a cache folder, plus a few train-split images for INT8 calibration;
 3. FP32 / FP16 (AutoCast) / INT8 (ModelOpt Q/DQ) ONNX files exported with ``export``;
-4. torch and ONNX Runtime runners measured by ``m2det.benchmarks.harness``: COCO AP on the val set and
-   latency (preprocess / network / NMS) at batch 1 and 8; CUDA rows (torch, ONNX Runtime's CUDA
-   provider) and TensorRT plans are added automatically where the machine has them;
+4. torch and ONNX Runtime runners measured by ``m2det.benchmarks.harness``: COCO AP on the
+   val set and latency (preprocess / network / NMS) at batch 1 and 8; CUDA rows (torch, ONNX
+   Runtime's CUDA provider) and TensorRT plans are added automatically where the machine has them;
 5. the results as JSON, a Markdown table and FPS-vs-AP / latency plots (PNG + SVG) in ``--out``.
 """
 
@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from m2det.benchmarks import harness
+from m2det.benchmarks import harness, image_pool
 from m2det.benchmarks.cli import int_list
-from m2det.benchmarks.harness import BenchSettings, VariantPlan
+from m2det.benchmarks.harness import BenchSettings
+from m2det.benchmarks.variants import VariantPlan, checkpoint_weights, make_variants
 from m2det.cli import make_parser, run_cli
+from m2det.contract import PRECISIONS
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_bytes, atomic_write_json
 
@@ -158,8 +160,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _demo(argv: Sequence[str] | None) -> int:
-    from m2det.engines.registry import default_checkpoint
     from m2det.checkpoint import read_checkpoint, resolve_config
+    from m2det.engines.registry import default_checkpoint
 
     args = build_parser().parse_args(argv)
     out: Path = args.out
@@ -181,15 +183,15 @@ def _demo(argv: Sequence[str] | None) -> int:
                              eval_name=f"synthetic shapes val ({val} images)")  # fmt: skip
     settings.check()
     print("[demo] 3/5 exporting FP32 / FP16 / INT8 ONNX")
-    plan = VariantPlan(backends=("torch", "onnxruntime"), precisions=harness.PRECISIONS,
+    plan = VariantPlan(backends=("torch", "onnxruntime"), precisions=PRECISIONS,
                        max_batch=max(args.batch),
-                       calib_images=harness.folder_pool(data["train_images"], args.calib_count))
-    weights = harness.checkpoint_weights(ckpt)
-    variants, skipped = harness.make_variants(ckpt, weights, plan, work / "onnx")
+                       calib_images=image_pool.folder_pool(data["train_images"], args.calib_count))
+    weights = checkpoint_weights(ckpt)
+    variants, skipped = make_variants(ckpt, weights, plan, work / "onnx")
     gpu = cuda_plan(plan)
     if gpu is not None:
         print(f"[demo] CUDA found: adding {', '.join(gpu.backends)} rows")
-        more, _ = harness.make_variants(ckpt, weights, gpu, work / "onnx-cuda")
+        more, _ = make_variants(ckpt, weights, gpu, work / "onnx-cuda")
         variants += more
     names = ", ".join(f"{v.backend} {v.precision} ({v.device})" for v in variants)
     print(f"[demo] 4/5 measuring AP on {val} val images and latency at batch "

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import m2det
+from m2det.coco_eval import evaluate_coco
+from m2det.config import get_config
+from m2det.contract import INPUT
 from m2det.engines.base import Runner
 from m2det.engines.onnx_runner import OnnxRunner
 from m2det.engines.registry import BUNDLED_CHECKPOINT
 from m2det.engines.torch_runner import TorchRunner
-from m2det.export.calibration import load_calibration_images
-from m2det.export.cli import main as export_main
-from m2det.export.onnx_export import ort_session, random_images, save_model, set_metadata
-from m2det.export.precision import to_int8
-from m2det.coco_eval import evaluate_coco
-from m2det.config import get_config
+from m2det.export.ort_session import ort_session
+from m2det.export.parity import random_images
+from m2det.export.pipeline import ExportOptions, ExportResult, export_model
 from m2det.nms import get_nms_params
 
 RESULTS = Path(__file__).parent / "results" / "export_accuracy.json"
@@ -41,13 +41,9 @@ AP_TARGETS = {"fp16": 0.1, "int8": 1.0}  # max |AP - AP_fp32| in AP points (0-10
 SPEED_TARGET = 1.5  # INT8 / FP32 throughput on the CPU
 
 
-def _export(ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
-    rc = export_main(["--ckpt", str(ckpt), "--out", str(out), *extra])
-    if rc != 0:
-        raise SystemExit(f"m2det-export failed with exit code {rc}")
-    summary = next(out.glob("*_export.json"))
-    result: dict[str, Any] = json.loads(summary.read_text())
-    return result
+def _export(ckpt: Path, out: Path, **options: Any) -> ExportResult:
+    """The export pipeline of ``m2det-export`` (``options``: ExportOptions fields)."""
+    return export_model(ExportOptions(checkpoint=ckpt, out=out, **options))
 
 
 def _shapes(folder: Path, calib: int, val: int, seed: int) -> dict[str, Path]:
@@ -59,15 +55,12 @@ def _shapes(folder: Path, calib: int, val: int, seed: int) -> dict[str, Path]:
 def accuracy(ckpt: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """AP of torch / fp32 / fp16 / int8 on the shapes val split (calibration: the train split)."""
     data = _shapes(work / "shapes", args.calib_count, args.val, args.seed)
-    calib = ["--calib", str(data["train_images"]), "--calib-method", args.calib_method,
-             "--calib-count", str(args.calib_count)]
-    summary = _export(ckpt, work / "tiny", ["--fp16", "--int8", *calib])
-    files = {k: summary["files"][k]["path"] for k in ("fp32", "fp16", "int8")}
-    files["int8_onnxruntime"] = str(work / "tiny" / "int8_onnxruntime.onnx")
-    images = load_calibration_images(data["train_images"], 160, args.calib_count)
-    model = to_int8(files["fp32"], images, args.calib_method, placement="onnxruntime")
-    set_metadata(model, get_config(summary["config"]), "int8", "raw", None)
-    save_model(model, files["int8_onnxruntime"])
+    calib = {"calib": data["train_images"], "calib_method": args.calib_method,
+             "calib_count": args.calib_count}
+    summary = _export(ckpt, work / "tiny", fp16=True, int8=True, **calib)
+    files = {k: str(summary.path(k)) for k in ("fp32", "fp16", "int8")}
+    ort = _export(ckpt, work / "tiny_ort", int8=True, qdq_placement="onnxruntime", **calib)
+    files["int8_onnxruntime"] = str(ort.path("int8"))
     nms = get_nms_params(args.nms)
     runners: dict[str, Runner] = {"torch": TorchRunner(ckpt, nms)}
     runners.update({k: OnnxRunner(path, nms, threads=args.threads) for k, path in files.items()})
@@ -86,10 +79,10 @@ def accuracy(ckpt: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]
         delta = rows[key]["AP"] - rows["fp32"]["AP"]
         rows[key].update({"delta_AP_vs_fp32": round(delta, 3), "target_abs_delta": limit,
                           "meets_target": abs(delta) <= limit})  # fmt: skip
-    return {"checkpoint": str(ckpt), "config": summary["config"], "nms_preset": args.nms,
+    return {"checkpoint": str(ckpt), "config": summary.config, "nms_preset": args.nms,
             "val_images": args.val, "shapes_seed": args.seed,
-            "calibration": summary["calibration"], "parity": summary["parity"],
-            "file_bytes": {k: v["bytes"] for k, v in summary["files"].items()},
+            "calibration": summary.calibration, "parity": summary.parity,
+            "file_bytes": {k: v.bytes for k, v in summary.files.items()},
             "ap_points": rows}  # fmt: skip
 
 
@@ -98,11 +91,11 @@ def _latency(path: str, size: int, threads: int | None, iters: int,
     sess = ort_session(path, threads)
     x = random_images(1, size, 0)
     for _ in range(warmup):
-        sess.run(None, {"images": x})
+        sess.run(None, {INPUT: x})
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        sess.run(None, {"images": x})
+        sess.run(None, {INPUT: x})
         times.append((time.perf_counter() - t0) * 1e3)
     return {"median_ms": round(statistics.median(times), 2),
             "mean_ms": round(statistics.fmean(times), 2), "min_ms": round(min(times), 2),
@@ -122,19 +115,14 @@ def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     ckpt = work / f"{cfg.name}_random.pth"
     save_checkpoint(build_model(cfg), ckpt)
     calib = _shapes(work / "calib320", 8, 0, args.seed)["train_images"]
-    summary = _export(ckpt, work / "big", ["--batch", "1", "--int8", "--calib", str(calib),
-                                           "--calib-method", "max", "--calib-count", "8"])
+    exports = {placement: _export(ckpt, work / f"big_{placement}", batch=1, int8=True,
+                                  calib=calib, calib_method="max", calib_count=8,
+                                  qdq_placement=placement)
+               for placement in ("tensorrt", "cpu", "onnxruntime")}  # fmt: skip
     ckpt.unlink()
-    files = {"fp32": summary["files"]["fp32"]["path"],
-             "int8_tensorrt": summary["files"]["int8"]["path"],
-             "int8_cpu": str(work / "big" / f"{cfg.name}_b1_int8_cpu.onnx"),
-             "int8_onnxruntime": str(work / "big" / f"{cfg.name}_b1_int8_ort.onnx")}  # fmt: skip
-    images = load_calibration_images(calib, cfg.input_size, 8)
-    for placement in ("cpu", "onnxruntime"):
-        t0 = time.perf_counter()
-        path = files[f"int8_{placement}"]
-        save_model(to_int8(files["fp32"], images, "max", placement=placement), path)
-        print(f"  int8 ({placement} placement) in {time.perf_counter() - t0:.0f} s", flush=True)
+    summary = exports["tensorrt"]
+    files = {"fp32": str(summary.path("fp32")),
+             **{f"int8_{k}": str(r.path("int8")) for k, r in exports.items()}}
     rows: dict[str, list[dict[str, float]]] = {}
     # interleave the measurements so every file sees the same machine load
     for rnd in range(args.rounds):
@@ -153,7 +141,7 @@ def latency(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             "int8_speedup": speedups, "target_speedup": SPEED_TARGET,
             "meets_target": speedup >= SPEED_TARGET,
             "file_bytes": {k: Path(p).stat().st_size for k, p in files.items()},
-            "calibration": summary["calibration"]}  # fmt: skip
+            "calibration": summary.calibration}  # fmt: skip
 
 
 def _machine() -> dict[str, Any]:
@@ -176,7 +164,8 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.export_accuracy", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.export_accuracy",
+                                description=__doc__)
     p.add_argument("--ckpt", type=Path, default=BUNDLED_CHECKPOINT,
                    help="m2det_tiny shapes checkpoint (default: the bundled one)")
     p.add_argument("--val", type=int, default=200, help="val images generated (default 200)")

@@ -66,7 +66,8 @@ def plot_training(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.training_curve", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m m2det.benchmarks.training_curve",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", type=Path, nargs="+", help="metrics.jsonl of m2det-train runs")
     p.add_argument("--label", action="append", default=[], help="one per metrics file")

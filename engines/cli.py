@@ -51,8 +51,8 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
 
 def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
     """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
-    from m2det.engines.registry import default_checkpoint, load_runner
     from m2det.config import get_config
+    from m2det.engines.registry import default_checkpoint, load_runner
 
     if args.config is not None:
         get_config(args.config)  # unknown names fail first, listing the valid ones

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from m2det.engines.base import Runner, Timing, check_batch, now_ms
-from m2det.export.nms_graph import NMS_OUTPUTS, PLUGIN_OP
-from m2det.export.onnx_export import INPUT, RAW_OUTPUTS, config_from_metadata, ort_session, read_metadata
+from m2det import contract
+from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
 from m2det.detections import Detections
+from m2det.engines.base import Runner, Timing, check_batch, now_ms
 from m2det.errors import M2DetError
+from m2det.export.onnx_export import config_from_metadata, read_metadata
+from m2det.export.ort_session import ort_session
 from m2det.nms import NMSParams, batched_nms
 
 
@@ -47,18 +49,19 @@ class OnnxRunner(Runner):
                              f"({type(e).__name__})") from None
         meta = read_metadata(model)
         config = config_from_metadata(meta, str(self.path))
-        if any(n.op_type == PLUGIN_OP for n in model.graph.node):
-            raise M2DetError(f"{self.path.name} contains the TensorRT plugin op {PLUGIN_OP}, which "
-                             "ONNX Runtime cannot run: build a plan with m2det-build, or export "
-                             "with --nms none or --nms onnx-hard")  # fmt: skip
+        if any(n.op_type == PLUGIN_NAME for n in model.graph.node):
+            raise M2DetError(f"{self.path.name} contains the TensorRT plugin op {PLUGIN_NAME}, "
+                             "which ONNX Runtime cannot run: build a plan with m2det-build, or "
+                             "export with --nms-graph none or --nms-graph onnx-hard")  # fmt: skip
         outputs = tuple(o.name for o in model.graph.output)
         if outputs not in (RAW_OUTPUTS, NMS_OUTPUTS):
             raise M2DetError(f"{self.path.name}: unexpected outputs {outputs}")
-        self.graph = "raw" if outputs == RAW_OUTPUTS else "nms-onnx"
-        if self.graph == "nms-onnx" and "nms" in meta:
-            nms = NMSParams(**json.loads(meta["nms"]))  # what the graph actually does
-        super().__init__(config, nms, precision=meta.get("precision", "fp32"))
-        batch = meta.get("batch", "dynamic")
+        self.graph = contract.GRAPH_RAW if outputs == RAW_OUTPUTS else contract.GRAPH_NMS_ONNX
+        if self.graph == contract.GRAPH_NMS_ONNX and contract.META_NMS in meta:
+            # what the graph actually does
+            nms = NMSParams(**json.loads(meta[contract.META_NMS]))
+        super().__init__(config, nms, precision=meta.get(contract.META_PRECISION, "fp32"))
+        batch = meta.get(contract.META_BATCH, "dynamic")
         self.fixed_batch = int(batch) if batch.isdigit() else None
         self.providers = _available(providers or ["CPUExecutionProvider"])
         self.threads = threads
@@ -91,7 +94,7 @@ class OnnxRunner(Runner):
 
     def raw(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """images [B,3,S,S] -> (boxes [B,A,4], scores [B,A,C]) of a raw graph, before NMS."""
-        if self.graph != "raw":
+        if self.graph != contract.GRAPH_RAW:
             raise M2DetError(f"{self.path.name} is an NMS graph: it has no raw boxes/scores")
         boxes, scores = self._run(images, RAW_OUTPUTS)
         return boxes, scores
@@ -99,15 +102,15 @@ class OnnxRunner(Runner):
     def infer(self, images: Any) -> Detections:
         """images [B,3,S,S] float32 BGR 0-255 -> Detections (normalized boxes)."""
         t0 = now_ms()
-        if self.graph == "raw":
+        if self.graph == contract.GRAPH_RAW:
             boxes, scores = self.raw(images)
             t1 = now_ms()
             dets = batched_nms(boxes, scores, self.nms)
             self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
             return dets
-        num, boxes, scores, classes = self._run(images, NMS_OUTPUTS)
+        outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))
         self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
-        return Detections(num.reshape(-1).astype(np.int32), boxes, scores, classes.astype(np.int32))
+        return Detections.from_nms_outputs(outputs)
 
 
 def _available(providers: list[str]) -> list[str]:

@@ -1,9 +1,9 @@
 """Artifact -> runner: the one place that knows which backend runs which file.
 
 ``.pth``/``.pt`` -> ``TorchRunner``; ``.onnx`` -> ``m2det.engines.onnx_runner.OnnxRunner``;
-``.plan``/``.engine`` -> ``m2det.engines.trt_runner.TensorRTRunner``. Backends are imported lazily, so
-a machine without ONNX Runtime or TensorRT can still run checkpoints; a missing backend is a
-one-line M2DetError.
+``.plan``/``.engine`` -> ``m2det.engines.trt_runner.TensorRTRunner``. Backends are imported
+lazily, so a machine without ONNX Runtime or TensorRT can still run checkpoints; a missing backend
+is a one-line M2DetError.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import m2det
-from m2det.engines.base import Runner
 from m2det.config import M2DetConfig
+from m2det.engines.base import Runner
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2det.engines.base import Runner, Timing, check_batch, now_ms
 from m2det.checkpoint import load_model
 from m2det.config import M2DetConfig
 from m2det.detections import Detections
+from m2det.engines.base import Runner, Timing, check_batch, now_ms
 from m2det.errors import M2DetError
 from m2det.model import M2Det, M2DetInference
 from m2det.nms import NMSParams, batched_nms

@@ -35,32 +35,33 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.defs import OpSchema
 
-from m2det.export.onnx_export import RAW_OUTPUTS
+from m2det.contract import (
+    MAX_CANDIDATES,
+    NMS_OUTPUTS,
+    PLUGIN_FLOAT_ATTRIBUTES,
+    PLUGIN_INT_ATTRIBUTES,
+    PLUGIN_NAME,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    RAW_OUTPUTS,
+)
 from m2det.errors import M2DetError
 from m2det.nms import Method, NMSParams
 
-PLUGIN_OP = "M2Det_SoftNMS_TRT"
-PLUGIN_VERSION = "1"
-NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-_FLOAT_ATTRS = ("score_threshold", "iou_threshold", "sigma", "min_score")
-_INT_ATTRS = ("method", "max_candidates", "keep_per_class", "max_detections")
-#: The plugin's candidate limit per class (plugins/soft_nms).
-PLUGIN_MAX_CANDIDATES = 4096
-
 
 def _register_plugin_schema() -> None:
-    if onnx.defs.has(PLUGIN_OP):
+    if onnx.defs.has(PLUGIN_NAME):
         return
     A = OpSchema.AttrType  # noqa: N806
-    attrs = [OpSchema.Attribute(n, A.FLOAT, n) for n in _FLOAT_ATTRS]
-    attrs += [OpSchema.Attribute(n, A.INT, n) for n in _INT_ATTRS]
+    attrs = [OpSchema.Attribute(n, A.FLOAT, n) for n in PLUGIN_FLOAT_ATTRIBUTES]
+    attrs += [OpSchema.Attribute(n, A.INT, n) for n in PLUGIN_INT_ATTRIBUTES]
     attrs += [OpSchema.Attribute(n, A.STRING, n) for n in ("plugin_version", "plugin_namespace")]
     P = OpSchema.FormalParameter  # noqa: N806
     onnx.defs.register_schema(OpSchema(
-        PLUGIN_OP, "", 1, doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
-        inputs=[P("boxes", "tensor(float)"), P("scores", "S")],
-        outputs=[P("num_detections", "tensor(int32)"), P("detection_boxes", "tensor(float)"),
-                 P("detection_scores", "tensor(float)"), P("detection_classes", "tensor(int32)")],
+        PLUGIN_NAME, "", 1, doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
+        inputs=[P(RAW_OUTPUTS[0], "tensor(float)"), P(RAW_OUTPUTS[1], "S")],
+        outputs=[P(name, f"tensor({kind})") for name, kind in zip(
+            NMS_OUTPUTS, ("int32", "float", "float", "int32"), strict=True)],
         type_constraints=[("S", ["tensor(float)", "tensor(float16)"], "scores type")],
         attributes=attrs,
     ))  # fmt: skip
@@ -81,7 +82,7 @@ def _raw_dims(model: onnx.ModelProto) -> tuple[onnx.TensorShapeProto.Dimension, 
     outs = {o.name: o for o in model.graph.output}
     if tuple(outs) != RAW_OUTPUTS:
         raise M2DetError(f"expected a raw graph with outputs {RAW_OUTPUTS}, got {tuple(outs)}")
-    dims = outs["scores"].type.tensor_type.shape.dim
+    dims = outs[RAW_OUTPUTS[1]].type.tensor_type.shape.dim
     return dims[0], dims[1].dim_value, dims[2].dim_value
 
 
@@ -94,11 +95,10 @@ def _replace_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], k: int
     del out.graph.output[:]
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(initializers or [])
+    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
     out.graph.output.extend([
-        helper.make_tensor_value_info("num_detections", TensorProto.INT32, [b, 1]),
-        helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [b, k, 4]),
-        helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [b, k]),
-        helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [b, k]),
+        helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in zip(
+            NMS_OUTPUTS, (i32, f32, f32, i32), ([b, 1], [b, k, 4], [b, k], [b, k]), strict=True)
     ])  # fmt: skip
     return out
 
@@ -106,13 +106,13 @@ def _replace_outputs(model: onnx.ModelProto, nodes: list[onnx.NodeProto], k: int
 def add_plugin_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProto:
     """Raw graph -> raw graph + one ``M2Det_SoftNMS_TRT`` node (any method)."""
     k = graph_k(params)
-    if params.max_candidates > PLUGIN_MAX_CANDIDATES:
-        raise M2DetError(f"the plugin keeps at most {PLUGIN_MAX_CANDIDATES} candidates per class; "
+    if params.max_candidates > MAX_CANDIDATES:
+        raise M2DetError(f"the plugin keeps at most {MAX_CANDIDATES} candidates per class; "
                          f"got max_candidates {params.max_candidates}")  # fmt: skip
     attrs: dict[str, Any] = {**params.attributes(), "plugin_version": PLUGIN_VERSION,
-                             "plugin_namespace": ""}  # fmt: skip
-    node = helper.make_node(PLUGIN_OP, list(RAW_OUTPUTS), list(NMS_OUTPUTS),
-                            name="/nms/" + PLUGIN_OP, **attrs)
+                             "plugin_namespace": PLUGIN_NAMESPACE}  # fmt: skip
+    node = helper.make_node(PLUGIN_NAME, list(RAW_OUTPUTS), list(NMS_OUTPUTS),
+                            name="/nms/" + PLUGIN_NAME, **attrs)
     return _replace_outputs(raw, [node], k)
 
 
@@ -195,4 +195,4 @@ def add_onnx_hard_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProt
 
 def plugin_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
     """The ``M2Det_SoftNMS_TRT`` node of a plugin graph, None for other graphs."""
-    return next((n for n in model.graph.node if n.op_type == PLUGIN_OP), None)
+    return next((n for n in model.graph.node if n.op_type == PLUGIN_NAME), None)

@@ -1,5 +1,5 @@
-"""Reduced-precision ONNX files (design §3): FP16 by ModelOpt AutoCast, INT8 by ModelOpt ONNX PTQ
-(explicit Q/DQ). The post-processing nodes (prior decode with its Exp, the softmax; tagged
+"""Reduced-precision ONNX files (docs/design.md §3): FP16 by ModelOpt AutoCast, INT8 by ModelOpt
+ONNX PTQ (explicit Q/DQ). The post-processing nodes (prior decode with its Exp, the softmax; tagged
 ``/postprocess/*`` by :mod:`m2det.export.onnx_export`) stay FP32 and unquantized in both.
 
 Every file produced here runs in ONNX Runtime on the CPU, so its accuracy is measured before
@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 
+from m2det.errors import M2DetError
 from m2det.export.calibration import CALIB_METHODS
 from m2det.export.onnx_export import INPUT, POSTPROCESS_PATTERN
-from m2det.errors import M2DetError
 
 T = TypeVar("T")
 
@@ -128,10 +128,9 @@ def _ort_int8(raw_path: str | Path, calibration: np.ndarray, method: str) -> onn
 def _unpatched_ort(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a spawned interpreter. Once ModelOpt has quantized, it has replaced ONNX
     Runtime's calibrator methods process-wide: histograms are then merged batch by batch and
-    widen with every new maximum (one tensor of ``m2det_tiny`` reached 204,578 bins over 64
-    images, against ORT's 128), and ORT's entropy search over them ran for 25 minutes without
-    finishing where it otherwise takes seconds. ORT's own recipes must not inherit that, whatever
-    ran before them in the caller's process."""
+    widen with every new maximum (to hundreds of thousands of bins per tensor against ORT's 128),
+    and ORT's entropy search over them practically never ends. ORT's own recipes must not inherit
+    that, whatever ran before them in the caller's process."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
 

@@ -2,7 +2,7 @@
 ``preproc`` with p=0.6): IoU-constrained random crop, photometric distortion, zoom-out
 (expand onto a mean-coloured canvas up to 4x), horizontal flip, resize to SxS with a random
 interpolation. Output is BGR float32 0-255 *without* mean subtraction (the mean is inside the
-model, design §2).
+model, docs/design.md §2).
 
 All randomness comes from a ``numpy.random.Generator`` owned by the transform; call
 ``reseed(seed)`` per DataLoader worker and epoch to make runs reproducible.

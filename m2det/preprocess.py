@@ -1,5 +1,5 @@
-"""The one preprocessing definition (design §2): resize to SxS, no letterbox, BGR float32 0-255.
-Mean subtraction is inside the model/graph, so every runner (Python or C++) only resizes."""
+"""The one preprocessing definition (docs/design.md §2): resize to SxS, no letterbox, BGR float32
+0-255. Mean subtraction is inside the model/graph, so every runner (Python or C++) only resizes."""
 
 from __future__ import annotations
 

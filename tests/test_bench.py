@@ -11,12 +11,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from m2det.benchmarks import harness
+from m2det.benchmarks import harness, timing, variants
 from m2det.benchmarks.cli import main as bench_main
-from m2det.engines.base import Runner, Timing
-from m2det.engines.cli import eval_main
 from m2det.config import get_config
 from m2det.detections import Detections
+from m2det.engines.base import Runner, Timing
+from m2det.engines.cli import eval_main
 from m2det.errors import M2DetError
 from m2det.nms import get_nms_params
 
@@ -56,7 +56,7 @@ def _pool(n: int) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bench") / "tiny.pth"
-    return harness.random_checkpoint("m2det_tiny", path, seed=0)
+    return variants.random_checkpoint("m2det_tiny", path, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,13 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_latency_stats_percentiles() -> None:
-    stats = harness.latency_stats(list(range(1, 101)))
+    stats = timing.latency_stats(list(range(1, 101)))
     assert stats == {"mean": 50.5, "p50": 50.5, "p90": 90.1, "p99": 99.01}
 
 
 def test_timed_iterations_rotate_images_sync_and_skip_warmup() -> None:
     runner = FakeRunner(slow_calls=2)
-    result = harness.time_batches(runner, _pool(3), batch=2, iters=4, warmup=2, progress=False)
+    result = timing.time_batches(runner, _pool(3), batch=2, iters=4, warmup=2, progress=False)
     # batches take the next images of the pool every call: 10,30,20,10,30,20 (first of each)
     assert runner.first_pixels == [10.0, 30.0, 20.0, 10.0, 30.0, 20.0]
     assert runner.events == ["sync", "infer", "sync"] * 6  # device synced around every call
@@ -85,7 +85,7 @@ def test_timed_iterations_rotate_images_sync_and_skip_warmup() -> None:
 
 def test_paper_protocol_is_images_over_network_plus_nms_time() -> None:
     runner = FakeRunner(network=2.0, nms=0.5, slow_calls=1)
-    result = harness.time_paper(runner, _pool(5), warmup=1, progress=False)
+    result = timing.time_paper(runner, _pool(5), warmup=1, progress=False)
     assert result["iters"] == 5 and len(runner.first_pixels) == 6
     assert runner.first_pixels[1:] == [10.0, 20.0, 30.0, 40.0, 50.0]  # each image once, batch 1
     assert result["fps"] == pytest.approx(1000 / 2.5)
@@ -123,7 +123,7 @@ def test_harness_ap_equals_m2det_eval(kind: str, tiny_ckpt: Path, shapes: dict[s
                                       tmp_path: Path) -> None:
     artifact = tiny_ckpt
     if kind == "onnx":
-        artifact = harness.export_onnx(tiny_ckpt, ["fp32"], tmp_path, None, log=lambda _: None)[
+        artifact = variants.export_onnx(tiny_ckpt, ["fp32"], tmp_path, None, log=lambda _: None)[
             "fp32"]  # fmt: skip
     data = ["--ann", str(shapes["val_json"]), "--images", str(shapes["val_images"]),
             "--limit", "2", "--nms", "paper"]  # fmt: skip

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from test_eval import write_coco_set
 
-from m2det.engines.cli import detect_main, eval_main, run_cli
 from m2det.checkpoint import save_model
 from m2det.config import get_config
+from m2det.engines.cli import detect_main, eval_main, run_cli
 from m2det.errors import M2DetError
 from m2det.model import build_model
 

@@ -15,26 +15,23 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from m2det.checkpoint import save_model as save_checkpoint
+from m2det.config import get_config
+from m2det.contract import INPUT, NMS_OUTPUTS, RAW_OUTPUTS
+from m2det.engines.export_cli import main
+from m2det.errors import M2DetError
 from m2det.export import nms_graph, precision
 from m2det.export.calibration import load_calibration_images
-from m2det.export.cli import main
 from m2det.export.onnx_export import (
-    INPUT,
-    RAW_OUTPUTS,
     check_model,
-    compare_onnx,
-    compare_with_torch,
     export_raw,
-    ort_session,
     postprocess_nodes,
-    random_images,
     read_metadata,
     save_model,
     set_metadata,
 )
-from m2det.checkpoint import save_model as save_checkpoint
-from m2det.config import get_config
-from m2det.errors import M2DetError
+from m2det.export.ort_session import ort_session
+from m2det.export.parity import compare_onnx, compare_with_torch, random_images
 from m2det.model import M2DetInference, build_model
 from m2det.nms import Method, NMSParams, batched_nms, get_nms_params
 
@@ -289,7 +286,7 @@ def test_onnx_hard_nms_equals_reference_hard_nms(overrides: dict, tmp_path: Path
     sess = ort_session(path)
     for seed in range(3):
         boxes, scores = _clustered(np.random.default_rng(seed), 2, a, c)
-        num, bx, sc, cl = sess.run(list(nms_graph.NMS_OUTPUTS), {"b_in": boxes, "s_in": scores})
+        num, bx, sc, cl = sess.run(list(NMS_OUTPUTS), {"b_in": boxes, "s_in": scores})
         ref = batched_nms(boxes, scores, params)
         assert num.shape == (2, 1) and num.dtype == np.int32 and cl.dtype == np.int32
         np.testing.assert_array_equal(num[:, 0], ref.num)
@@ -305,7 +302,7 @@ def test_onnx_hard_nms_on_the_exported_model(raw_path: Path, tmp_path: Path) -> 
     path = tmp_path / "e2e.onnx"
     save_model(model, path)
     x = random_images(2, 160, 3)
-    num, bx, sc, cl = ort_session(path).run(list(nms_graph.NMS_OUTPUTS), {INPUT: x})
+    num, bx, sc, cl = ort_session(path).run(list(NMS_OUTPUTS), {INPUT: x})
     ref = batched_nms(*ort_session(raw_path).run(list(RAW_OUTPUTS), {INPUT: x}), params)
     assert ref.num.min() > 0
     np.testing.assert_array_equal(num[:, 0], ref.num)
@@ -328,7 +325,7 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     ckpt = tmp_path / "tiny.pth"
     save_checkpoint(build_model(CFG), ckpt)
     out = tmp_path / "out"
-    rc = main(["--ckpt", str(ckpt), "--out", str(out), "--nms", "soft", "--max-det", "50",
+    rc = main(["--ckpt", str(ckpt), "--out", str(out), "--nms-graph", "soft", "--max-det", "50",
                "--engine"])  # fmt: skip
     stdout = capsys.readouterr().out
     assert rc == 0
@@ -343,6 +340,21 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     assert summary["files"]["nms"]["bytes"] == (out / "m2det_tiny_nms.onnx").stat().st_size
     meta = read_metadata(onnx.load(str(out / "m2det_tiny_nms.onnx")))
     assert meta["graph"] == "nms-plugin" and json.loads(meta["nms"])["method"] == 1
+
+
+def test_deprecated_nms_flag_is_an_alias_with_one_warning(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from m2det.export.cli import build_parser, nms_graph_of
+
+    parser = build_parser()
+    assert nms_graph_of(parser.parse_args(["--ckpt", "x.pth"])) == "none"
+    assert nms_graph_of(parser.parse_args(["--ckpt", "x.pth", "--nms-graph", "hard"])) == "hard"
+    assert capsys.readouterr().err == ""
+    assert nms_graph_of(parser.parse_args(["--ckpt", "x.pth", "--nms", "onnx-hard"])) == "onnx-hard"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--nms is deprecated" in err[0] and "--nms-graph" in err[0]
+    with pytest.raises(M2DetError, match="contradicts"):
+        nms_graph_of(parser.parse_args(["--ckpt", "x", "--nms", "soft", "--nms-graph", "hard"]))
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -10,12 +10,13 @@ import onnx
 import pytest
 import torch
 
+from m2det.config import get_config
 from m2det.engines.onnx_runner import OnnxRunner
 from m2det.engines.registry import load_runner
-from m2det.export import nms_graph
-from m2det.export.onnx_export import export_raw, random_images, save_model, set_metadata
-from m2det.config import get_config
 from m2det.errors import M2DetError
+from m2det.export import nms_graph
+from m2det.export.onnx_export import export_raw, save_model, set_metadata
+from m2det.export.parity import random_images
 from m2det.model import M2DetInference, build_model
 from m2det.nms import batched_nms, get_nms_params
 

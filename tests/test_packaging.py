@@ -4,6 +4,7 @@ top-level name (``export``, ``engines``, ``benchmarks``) lands in a user's site-
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -25,11 +26,25 @@ def _site_packages(python: Path) -> Path:
     return Path(out.strip())
 
 
+def _tracked_copy(dest: Path) -> Path:
+    """The repository's tracked files copied to ``dest`` (a build there leaves the tree clean)."""
+    files = _run("git", "ls-files", "-z", cwd=ROOT).split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 @pytest.mark.slow
 def test_wheel_adds_only_the_m2det_namespace(tmp_path: Path) -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout of the project (to list its tracked files)")
+    src = _tracked_copy(tmp_path / "src")
     dist = tmp_path / "dist"
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", dist, ROOT)  # fmt: skip
+         "-w", dist, src)  # fmt: skip
     (wheel,) = dist.glob("m2det_deploy-*.whl")
 
     env = tmp_path / "venv"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import m2det.engines.registry as registry
+from m2det.config import get_config
 from m2det.engines.registry import default_checkpoint, load_runner
 from m2det.engines.torch_runner import TorchRunner
-from m2det.config import get_config
 from m2det.errors import M2DetError
 from m2det.model import build_model
 from m2det.nms import get_nms_params
@@ -132,9 +132,9 @@ def test_default_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 @pytest.mark.slow  # traces and slims the tiny graph: ~5 s idle, ~15 s on a busy machine
 def test_onnx_file_goes_to_onnx_runtime_and_matches_torch(tiny_ckpt: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
+    from m2det.checkpoint import load_model
     from m2det.export.onnx_export import export_raw, set_metadata
     from m2det.export.onnx_export import save_model as save_onnx
-    from m2det.checkpoint import load_model
     from m2det.model import M2DetInference
 
     onnx_path = tmp_path / "tiny.onnx"

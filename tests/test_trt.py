@@ -441,7 +441,8 @@ def test_cpp_preprocessing_matches_python(tmp_path: Path, opencv: bool) -> None:
     (tmp_path / "harness.cpp").write_text(_HARNESS)
     lib = tmp_path / "libpreprocess.so"
     cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-           f"-I{cpp / 'include'}", str(tmp_path / "harness.cpp"), str(cpp / "src/preprocess.cpp"),
+           f"-I{cpp / 'include'}", f"-I{cpp.parent.parent / 'plugins' / 'include'}",
+           str(tmp_path / "harness.cpp"), str(cpp / "src/preprocess.cpp"),
            "-o", str(lib)]  # fmt: skip
     if opencv:
         cmd[1:1] = ["-DM2DET_WITH_OPENCV", f"-I{cv_include}"]
