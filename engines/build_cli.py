@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2det.cli import Console, make_parser, run_cli
-from m2det.errors import M2DetError
 from m2det.engines.batch_profile import BatchProfile
 from m2det.engines.builder import build_engine
 from m2det.engines.plan_sidecar import read_sidecar, sidecar_path
+from m2det.errors import M2DetError
 
 PROG = "m2det-build"
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from m2det.cli import (  # noqa: F401 - re-exported for the other CLIs
     EXIT_OK,
     EXIT_PARTIAL,

@@ -158,7 +158,8 @@ def _unreadable(path: Path, error: Exception) -> str:
         import zipfile
 
         if not zipfile.is_zipfile(path):
-            return f"truncated PyTorch checkpoint ({size:,} bytes, the end of the archive is missing)"
+            return (f"truncated PyTorch checkpoint ({size:,} bytes, the end of the archive is "
+                    "missing)")
         return f"damaged PyTorch checkpoint ({size:,} bytes: {_first_line(error)})"
     if head.startswith(_LEGACY_MAGIC):
         if isinstance(error, EOFError) or re.search(r"ran out of input|unexpected EOF",
@@ -191,7 +192,8 @@ def _state_dict_of(obj: Any) -> dict[str, Tensor] | None:
 
 def _kind(obj: Any) -> str:
     if isinstance(obj, Mapping):
-        return "an empty dict" if not obj else f"a dict with keys {', '.join(map(repr, list(obj)[:3]))}"
+        keys = ", ".join(map(repr, list(obj)[:3]))
+        return f"a dict with keys {keys}" if obj else "an empty dict"
     return f"a {type(obj).__name__}"
 
 

@@ -43,8 +43,8 @@ EXIT_INTERRUPTED = 130
 NMS_CHOICES = ("official", "paper", "soft", "hard")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; every option's default shown once, after its help sentence
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped; every option's default shown once, after its help sentence
     (unless the sentence already states it)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -63,6 +63,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise M2DetError(f"{message} (see {self.prog} --help)")
 
+    def format_help(self) -> str:
+        """The common options (:func:`make_parser`) listed last, after the script's own."""
+        common = [g for g in self._action_groups if g.title == _COMMON]
+        self._action_groups = [g for g in self._action_groups if g.title != _COMMON] + common
+        return super().format_help()
+
+
+_COMMON = "common options"
+
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """An ArgumentParser for console script ``prog``: usage errors are one-line M2DetErrors, and
@@ -71,7 +80,7 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
 
     p = _Parser(prog=prog, description=description, epilog=epilog,
                 formatter_class=_HelpFormatter)  # fmt: skip
-    g = p.add_argument_group("output")
+    g = p.add_argument_group(_COMMON)
     g.add_argument("--json", type=Path, metavar="FILE",
                    help="Also write the result as JSON to FILE ('-': to stdout, instead of the "
                         "text summary).")  # fmt: skip

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from m2det.cli import progress_bar
 from m2det.detections import Detections
 from m2det.errors import M2DetError
-from m2det.cli import progress_bar
 from m2det.io import atomic_write_json
 from m2det.predictor import Predictor
 from m2det.preprocess import preprocess, read_image

@@ -328,7 +328,6 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     rc = main(["--ckpt", str(ckpt), "--out", str(out), "--nms-graph", "soft", "--max-det", "50",
                "--engine"])  # fmt: skip
     captured = capsys.readouterr()
-    stdout = captured.out
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "m2det_tiny.onnx", "m2det_tiny_export.json", "m2det_tiny_nms.onnx"]

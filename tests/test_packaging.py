@@ -74,6 +74,7 @@ def test_no_extra_installs_two_onnx_runtimes() -> None:
     ``nvidia-modelopt[onnx]`` requires onnxruntime-gpu on Linux x86-64: no combination of this
     project's extras may name both runtimes, directly or through that extra."""
     import re
+
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
