@@ -28,11 +28,11 @@ from m2det.benchmarks.variants import (
     make_variants,
     random_checkpoint,
 )
-from m2det.cli import make_parser, run_cli
+from m2det.cli import Console, make_parser, parse_device, run_cli
 from m2det.contract import PRECISIONS
 from m2det.errors import M2DetError
-from m2det.export.precision import PLACEMENTS
-from m2det.io import atomic_write_json
+from m2det.export.calibration import read_calibration_images
+from m2det.export.precision import PLACEMENTS, recipe
 
 PROG = "m2det-bench"
 NMS_CHOICES = ("official", "soft", "hard", "paper")
@@ -54,55 +54,60 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, __doc__.split("\n\n")[0])
+    p = make_parser(PROG, "Measure latency (preprocess, network, NMS), FPS, memory and COCO AP of "
+                    "M2Det artifacts: a checkpoint (also exported to ONNX and built into TensorRT "
+                    "plans with --backends), an ONNX file, a plan, or a --sweep of the paper's "
+                    "VGG presets. Prints a table; --json and --plot write the results.")
     a = p.add_argument_group("artifact (default: the bundled m2det_tiny checkpoint)")
     one = a.add_mutually_exclusive_group()
-    one.add_argument("--ckpt", type=Path, help="checkpoint (.pth)")
-    one.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
-    one.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
-    a.add_argument("--config", help="preset of a checkpoint that records none")
+    one.add_argument("--ckpt", type=Path, help="Checkpoint (.pth).")
+    one.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
+    one.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
+    a.add_argument("--config", help="Preset of a checkpoint that records none.")
     a.add_argument("--sweep", type=int_list, metavar="S,S,...",
-                   help="input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
-                        "size, or random weights (speed only) without --ckpt")  # fmt: skip
+                   help="Input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
+                        "size, or random weights (speed only) without --ckpt.")  # fmt: skip
     a.add_argument("--backends", type=_names, default=("torch",), metavar="B,B",
-                   help=f"backends for a checkpoint/sweep: {', '.join(BACKENDS)}")
+                   help=f"Backends for a checkpoint or sweep: {', '.join(BACKENDS)}.")
     a.add_argument("--precisions", type=_names, default=None, metavar="P,P",
-                   help=f"precisions for a checkpoint/sweep: {', '.join(PRECISIONS)} "
-                        "(default fp32)")  # fmt: skip
-    a.add_argument("--device", default="cpu", help="cpu or cuda")
-    a.add_argument("--fp16", action="store_true", help="shorthand for --precisions fp16")
+                   help=f"Precisions for a checkpoint or sweep: {', '.join(PRECISIONS)} "
+                        "(default: fp32).")  # fmt: skip
+    a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
+    a.add_argument("--fp16", action="store_true", help="Shorthand for --precisions fp16.")
     a.add_argument("--calib", type=Path, metavar="DIR",
-                   help="INT8 calibration images (default: --images, else synthetic shapes)")
-    a.add_argument("--calib-count", type=int, default=16, metavar="N")
-    a.add_argument("--calib-method", default="entropy", choices=("entropy", "max", "percentile"))
+                   help="INT8 calibration images (default: --images, else synthetic shapes).")
+    a.add_argument("--calib-count", type=int, default=16, metavar="N",
+                   help="INT8 calibration images used.")
+    a.add_argument("--calib-method", default="entropy", choices=("entropy", "max", "percentile"),
+                   help="How INT8 activation ranges are chosen.")
     a.add_argument("--qdq-placement", default="auto", choices=("auto", *PLACEMENTS),
-                   help="INT8 recipe (m2det-export --qdq-placement); auto: onnxruntime on a CPU, "
-                        "tensorrt when TensorRT or CUDA runs the file")  # fmt: skip
+                   help="INT8 recipe (as m2det-export --qdq-placement); auto: onnxruntime on a "
+                        "CPU, tensorrt when TensorRT or CUDA runs the file.")  # fmt: skip
     a.add_argument("--work", type=Path, metavar="DIR",
-                   help="keep exported files here (default: a temporary folder)")
-    a.add_argument("--seed", type=int, default=0, help="seed of random weights")
+                   help="Keep the exported files here (default: a temporary folder).")
+    a.add_argument("--seed", type=int, default=0, help="Seed of random weights.")
     m = p.add_argument_group("measurement")
     m.add_argument("--protocol", choices=harness.PROTOCOLS, default="standard",
-                   help="standard: mean/percentiles over --iters at each --batch; paper: batch "
-                        "1, (network + NMS) time summed over the --pool images / their number")
-    m.add_argument("--batch", type=int_list, default=(1,), metavar="N,N", help="batch sizes")
-    m.add_argument("--iters", type=int, default=50, help="timed iterations per batch size")
-    m.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+                   help="standard: mean and percentiles over --iters at each --batch; paper: "
+                        "batch 1, (network + NMS) time summed over the --pool images divided by "
+                        "their number.")
+    m.add_argument("--batch", type=int_list, default=(1,), metavar="N,N", help="Batch sizes.")
+    m.add_argument("--iters", type=int, default=50, help="Timed iterations per batch size.")
+    m.add_argument("--warmup", type=int, default=5, help="Untimed iterations first.")
     m.add_argument("--pool", type=int, default=16,
-                   help="different images the iterations rotate through")
-    m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime")
-    m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset")
+                   help="Different images the iterations rotate through.")
+    m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime.")
+    m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset.")
     m.add_argument("--score-threshold", type=float, metavar="F",
-                   help="override the preset's score threshold")
+                   help="Override the preset's score threshold.")
     e = p.add_argument_group("accuracy (COCO AP, as m2det-eval)")
-    e.add_argument("--ann", type=Path, help="COCO-format annotation JSON")
-    e.add_argument("--images", type=Path, help="folder of the annotated images")
-    e.add_argument("--limit", type=int, metavar="N", help="first N images by id")
-    o = p.add_argument_group("output")
-    o.add_argument("--json", type=Path, metavar="OUT", help="results JSON")
+    e.add_argument("--ann", type=Path, help="COCO-format annotation JSON.")
+    e.add_argument("--images", type=Path, help="Folder of the annotated images.")
+    e.add_argument("--limit", type=int, metavar="N", help="Evaluate the first N images by id only.")
+    o = p.add_argument_group("plots")
     o.add_argument("--plot", type=Path, metavar="OUT.png",
-                   help="FPS-vs-AP plot (+ .svg, + OUT_latency.png/.svg breakdown)")
-    o.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="Write the FPS-vs-AP plot (and .svg, and OUT_latency.png/.svg with the "
+                        "latency breakdown).")
     return p
 
 
@@ -136,15 +141,19 @@ def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSetti
                    runner.input_size, "given", str(path), args.device)  # fmt: skip
 
 
-def _calibration_images(args: argparse.Namespace) -> list[Any]:
+def _calibration_images(args: argparse.Namespace, console: Console) -> list[Any]:
     if args.calib is not None:
-        return image_pool.folder_pool(args.calib, args.calib_count)
+        found = read_calibration_images(args.calib, args.calib_count)
+        if found.skipped:
+            console.warn(f"calibration folder {args.calib}: {found.skipped_line()}")
+        return found.images
     if args.images is not None:
         return image_pool.folder_pool(args.images, args.calib_count)
     return image_pool.synthetic_pool(args.calib_count, seed=1)
 
 
-def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+def _checkpoints(args: argparse.Namespace, work: Path,
+                 console: Console) -> tuple[list[tuple[Path, str]], list[str]]:
     """[(checkpoint, weights)] to make variants from, and notes for the results."""
     from m2det.checkpoint import read_checkpoint, resolve_config
     from m2det.engines.registry import default_checkpoint
@@ -156,8 +165,8 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path,
             raise M2DetError(f"--sweep size {bad[0]} has no VGG preset; valid: {valid}")
         presets = [SWEEP_PRESETS[s] for s in args.sweep]
         if args.ckpt is None:
-            print(f"[bench] --sweep without --ckpt: seeded random weights (seed {args.seed}), "
-                  "speed only")  # fmt: skip
+            console.info(f"--sweep without --ckpt: seeded random weights (seed {args.seed}), "
+                         "speed only")  # fmt: skip
             return [(random_checkpoint(name, work / f"{name}_random.pth", args.seed),
                      "random") for name in presets], [f"random weights, seed {args.seed}"]
         weights = checkpoint_weights(args.ckpt)
@@ -171,51 +180,63 @@ def _checkpoints(args: argparse.Namespace, work: Path) -> tuple[list[tuple[Path,
 
 def _bench(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    console = Console.from_args(PROG, args)
+    parse_device(args.device)
+    for flag, what in (("ckpt", "checkpoint"), ("onnx", "ONNX file"), ("engine", "plan")):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise M2DetError(f"{what} not found: {path}")
+    if args.calib_count < 1:
+        raise M2DetError(f"--calib-count must be >= 1, got {args.calib_count}")
     settings = settings_from_args(args)
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]
     artifact = args.onnx or args.engine
     if artifact is not None:
         variant = _artifact_variant(artifact, args, settings)
-        results = harness.run_benchmark([variant], settings, command)
-        return _report(results, args)
+        results = harness.run_benchmark([variant], settings, command, log=console.line)
+        return _report(results, args, console)
     plan = VariantPlan(backends=args.backends, precisions=_precisions(args), device=args.device,
                        max_batch=max(settings.batches), calib_method=args.calib_method,
                        qdq_placement=args.qdq_placement)  # fmt: skip
     plan.check()
     with tempfile.TemporaryDirectory(prefix="m2det-bench-") as tmp:
         work = args.work or Path(tmp)
-        sources, notes = _checkpoints(args, work)
+        sources, notes = _checkpoints(args, work, console)
         if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
-            plan.calib_images = _calibration_images(args)
+            plan.calib_images = _calibration_images(args, console)
             notes.append(f"INT8: {args.calib_method} calibration on "
-                         f"{len(plan.calib_images)} images, recipe {plan.placement}")
+                         f"{len(plan.calib_images)} images, recipe "
+                         f"{recipe(plan.placement)}")  # fmt: skip
         variants, skipped = [], []
         for ckpt, weights in sources:
-            made, why = make_variants(ckpt, weights, plan, work)
+            made, why = make_variants(ckpt, weights, plan, work, log=console.line)
             variants += made
             skipped += why
         for s in skipped:
-            print(f"[bench] skipped {s['backend']} {s['precision']}: {s['reason']}")
+            console.info(f"skipped {s['backend']} {s['precision']}: {s['reason']}")
         if not variants:
-            raise M2DetError("no backend/precision combination can run here (see the lines above)")
-        results = harness.run_benchmark(variants, settings, command, skipped, notes)
-    return _report(results, args)
+            raise M2DetError("no backend/precision combination can run here: "
+                             + "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}"
+                                         for s in skipped))  # fmt: skip
+        results = harness.run_benchmark(variants, settings, command, skipped, notes,
+                                        log=console.line)  # fmt: skip
+    return _report(results, args, console)
 
 
-def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
+def _report(results: dict[str, Any], args: argparse.Namespace, console: Console) -> int:
     from m2det.benchmarks.plots import plot_all
 
-    print(f"\nm2det-bench on {results['device']} ({results['settings']['protocol']} protocol, "
-          f"NMS {results['settings']['nms']}):")  # fmt: skip
+    console.result(f"m2det-bench on {results['device']} ({results['settings']['protocol']} "
+                   f"protocol, NMS {results['settings']['nms']}):")  # fmt: skip
     for note in results["notes"]:
-        print(f"note: {note}")
-    print(harness.format_table(results))
-    if args.json is not None:
-        atomic_write_json(args.json, results)
-        print(f"wrote {args.json}")
+        console.result(f"note: {note}")
+    console.result(harness.format_table(results))
+    console.write_json(results)
+    if args.json is not None and not console.json_to_stdout:
+        console.result(f"wrote {args.json}")
     if args.plot is not None:
         for path in plot_all(results, args.plot):
-            print(f"wrote {path}")
+            console.result(f"wrote {path}")
     return 0
 
 

@@ -3,7 +3,8 @@
 1. the bundled ``m2det_tiny`` shapes checkpoint (or ``--ckpt``);
 2. its synthetic val set regenerated (``m2det.shapes.generate`` with the seed and image size its
    JSON sidecar records) into a cache folder, plus a few train-split images for INT8 calibration;
-3. FP32 / FP16 (AutoCast) / INT8 (ModelOpt Q/DQ) ONNX files exported with ``export``;
+3. FP32 / FP16 (AutoCast) / INT8 ONNX files exported with ``export`` (INT8: ONNX Runtime's
+   recipe for the CPU rows, ModelOpt's TensorRT Q/DQ placement for TensorRT);
 4. torch and ONNX Runtime runners measured by ``m2det.benchmarks.harness``: COCO AP on the
    val set and latency (preprocess / network / NMS) at batch 1 and 8; CUDA rows (torch, ONNX
    Runtime's CUDA provider) and TensorRT plans are added automatically where the machine has them;
@@ -24,9 +25,10 @@ from m2det.benchmarks import harness, image_pool
 from m2det.benchmarks.cli import int_list
 from m2det.benchmarks.harness import BenchSettings
 from m2det.benchmarks.variants import VariantPlan, checkpoint_weights, make_variants
-from m2det.cli import make_parser, run_cli
+from m2det.cli import Console, make_parser, remove_on_failure, run_cli
 from m2det.contract import PRECISIONS
 from m2det.errors import M2DetError
+from m2det.export.precision import recipe
 from m2det.io import atomic_write_bytes, atomic_write_json
 
 PROG = "m2det-demo"
@@ -36,24 +38,29 @@ DEFAULT_VAL_IMAGES = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, __doc__.split("\n\n")[0])
+    p = make_parser(PROG, "The whole toolkit on the bundled model in a few CPU minutes, no "
+                    "arguments needed: its synthetic validation set regenerated, FP32, FP16 and "
+                    "INT8 ONNX files exported, AP and latency of torch and ONNX Runtime measured "
+                    "(CUDA and TensorRT rows where the machine has them), and the results "
+                    "written as JSON, a Markdown table and plots.")
     p.add_argument("--out", type=Path, default=Path("m2det-demo-out"),
-                   help="results folder (JSON, table, plots)")
-    p.add_argument("--work", type=Path, help="cache folder: val set, ONNX files (default OUT/work)")
-    p.add_argument("--ckpt", type=Path, help="checkpoint (default: the bundled m2det_tiny model)")
+                   help="Results folder (JSON, table, plots).")
+    p.add_argument("--work", type=Path,
+                   help="Cache folder for the val set and the ONNX files (default: OUT/work).")
+    p.add_argument("--ckpt", type=Path,
+                   help="Checkpoint (default: the bundled m2det_tiny model).")
     p.add_argument("--val", type=int, metavar="N",
-                   help="val images evaluated (default: the checkpoint's recorded val set, else "
-                        f"{DEFAULT_VAL_IMAGES})")  # fmt: skip
+                   help="Val images evaluated (default: the checkpoint's recorded val set, else "
+                        f"{DEFAULT_VAL_IMAGES}).")  # fmt: skip
     p.add_argument("--calib-count", type=int, default=32, metavar="N",
-                   help="train-split images for INT8 calibration")
+                   help="Train-split images for INT8 calibration.")
     p.add_argument("--batch", type=int_list, default=(1, 8), metavar="N,N",
-                   help="batch sizes timed")
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+                   help="Batch sizes timed.")
+    p.add_argument("--iters", type=int, default=20, help="Timed iterations per batch size.")
+    p.add_argument("--warmup", type=int, default=3, help="Untimed iterations first.")
     p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads of torch and ONNX Runtime (1: comparable figures on a "
-                        "shared machine, where torch's OpenMP threads stall on busy cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="CPU threads of torch and ONNX Runtime (1 gives comparable figures on "
+                        "a shared machine, where torch's OpenMP threads stall on busy cores).")
     return p
 
 
@@ -101,18 +108,20 @@ def read_val_spec(ckpt: Path) -> ValSpec:
 
 
 def regenerate(spec: ValSpec, folder: Path, val: int, train: int,
-               progress: bool = True) -> dict[str, Path]:
+               console: Console | None = None) -> dict[str, Path]:
     """The shapes set of ``spec`` in ``folder`` (generated unless already there)."""
     from m2det.shapes import generate
 
+    console = console or Console(PROG)
     paths = {"val_json": folder / "annotations" / "val.json", "val_images": folder / "val",
              "train_images": folder / "train"}  # fmt: skip
     if spec.matches(folder, val, train):
-        print(f"[demo] val set cached in {folder}")
+        console.info(f"val set cached in {folder}")
         return paths
-    print(f"[demo] regenerating the shapes set (seed {spec.seed}, {spec.size} px, from "
-          f"{spec.source}): {val} val + {train} calibration images -> {folder}")  # fmt: skip
-    generate(folder, train=train, val=val, seed=spec.seed, size=spec.size, progress=progress)
+    console.info(f"regenerating the shapes set (seed {spec.seed}, {spec.size} px, from "
+                 f"{spec.source}): {val} val + {train} calibration images -> {folder}")
+    generate(folder, train=train, val=val, seed=spec.seed, size=spec.size,
+             progress=not console.quiet)
     atomic_write_json(folder / "demo_spec.json", {"seed": spec.seed, "size": spec.size,
                                                   "val": val, "train": train})  # fmt: skip
     return paths
@@ -164,6 +173,8 @@ def _demo(argv: Sequence[str] | None) -> int:
     from m2det.engines.registry import default_checkpoint
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console.from_args(PROG, args)
     out: Path = args.out
     work: Path = args.work or out / "work"
     ckpt = args.ckpt or default_checkpoint()
@@ -172,45 +183,55 @@ def _demo(argv: Sequence[str] | None) -> int:
     val = args.val or spec.images or DEFAULT_VAL_IMAGES
     if val < 1 or args.calib_count < 1:
         raise M2DetError("--val and --calib-count must be >= 1")
-    print(f"[demo] 1/5 checkpoint {ckpt} (config {cfg.name}, {cfg.input_size} px input)")
-    print("[demo] 2/5 data")
-    data = regenerate(spec, work / "shapes", val, args.calib_count, progress=not args.quiet)
     settings = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
-                             threads=args.threads, ann=data["val_json"],
-                             images=data["val_images"], limit=val, pool=16,
-                             progress=not args.quiet, nms=spec.nms_preset,
-                             nms_overrides=spec.nms,
+                             threads=args.threads, limit=val, pool=16, progress=not args.quiet,
+                             nms=spec.nms_preset, nms_overrides=spec.nms,
                              eval_name=f"synthetic shapes val ({val} images)")  # fmt: skip
+    settings.check()  # every argument is checked before anything is generated
+    with remove_on_failure(out, work, work / "shapes", work / "onnx", work / "onnx-cuda"):
+        return _run_demo(args, console, ckpt, cfg, spec, val, settings, out, work)
+
+
+def _run_demo(args: argparse.Namespace, console: Console, ckpt: Path, cfg: Any, spec: ValSpec,
+              val: int, settings: BenchSettings, out: Path, work: Path) -> int:
+    """The demo's steps once the arguments are known to be good (a failure removes what this run
+    created: see :func:`_demo`)."""
+    console.info(f"1/5 checkpoint {ckpt} (config {cfg.name}, {cfg.input_size} px input)")
+    console.info("2/5 data")
+    data = regenerate(spec, work / "shapes", val, args.calib_count, console)
+    settings = dataclasses.replace(settings, ann=data["val_json"], images=data["val_images"])
     settings.check()
-    print("[demo] 3/5 exporting FP32 / FP16 / INT8 ONNX")
+    console.info("3/5 exporting FP32 / FP16 / INT8 ONNX")
     plan = VariantPlan(backends=("torch", "onnxruntime"), precisions=PRECISIONS,
                        max_batch=max(args.batch),
                        calib_images=image_pool.folder_pool(data["train_images"], args.calib_count))
     weights = checkpoint_weights(ckpt)
-    variants, skipped = make_variants(ckpt, weights, plan, work / "onnx")
+    variants, skipped = make_variants(ckpt, weights, plan, work / "onnx", log=console.line)
     gpu = cuda_plan(plan)
     if gpu is not None:
-        print(f"[demo] CUDA found: adding {', '.join(gpu.backends)} rows")
-        more, _ = make_variants(ckpt, weights, gpu, work / "onnx-cuda")
+        console.info(f"CUDA found: adding {', '.join(gpu.backends)} rows")
+        more, _ = make_variants(ckpt, weights, gpu, work / "onnx-cuda", log=console.line)
         variants += more
     names = ", ".join(f"{v.backend} {v.precision} ({v.device})" for v in variants)
-    print(f"[demo] 4/5 measuring AP on {val} val images and latency at batch "
-          f"{', '.join(map(str, args.batch))}: {names}")  # fmt: skip
+    console.info(f"4/5 measuring AP on {val} val images and latency at batch "
+                 f"{', '.join(map(str, args.batch))}: {names}")  # fmt: skip
     notes = [f"AP on the synthetic shapes val set regenerated from {spec.source} (seed "
              f"{spec.seed}, {spec.size} px, {val} images), not COCO",
              f"INT8: entropy calibration on {args.calib_count} train-split images, recipe "
-             f"{plan.placement} (m2det-export --qdq-placement)"]  # fmt: skip
+             f"{recipe(plan.placement)} (m2det-export --qdq-placement {plan.placement})"]
     if spec.recorded:
         notes.append("AP the checkpoint records for this val set (training run, torch): "
                      + ", ".join(f"{k} {v:.3g}" for k, v in spec.recorded.items()))
-    command = [PROG, *(sys.argv[1:] if argv is None else argv)]
-    results = harness.run_benchmark(variants, settings, command, skipped, notes)
-    print(f"[demo] 5/5 results on {results['device']}:")
-    print(harness.format_table(results))
+    command = [PROG, *args.argv]
+    results = harness.run_benchmark(variants, settings, command, skipped, notes,
+                                    log=console.line)  # fmt: skip
+    console.info(f"5/5 results on {results['device']}:")
+    console.result(harness.format_table(results))
     for note in results["notes"]:
-        print(f"note: {note}")
+        console.result(f"note: {note}")
     for path in write_outputs(results, out):
-        print(f"wrote {path}")
+        console.result(f"wrote {path}")
+    console.write_json(results)
     return 0
 
 

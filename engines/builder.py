@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m2det import contract
+from m2det.cli import stderr_is_terminal
 from m2det.engines.batch_profile import BatchProfile
 from m2det.engines.onnx_info import OnnxInfo, inspect_onnx
 from m2det.engines.plan_sidecar import write_sidecar
@@ -58,7 +59,8 @@ def _progress_monitor(enabled: bool) -> tensorrt.IProgressMonitor:
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=False,
-                                          position=len(self._bars), disable=not enabled,
+                                          position=len(self._bars),
+                                          disable=not enabled or not stderr_is_terminal(),
                                           file=sys.stderr, dynamic_ncols=True)  # fmt: skip
 
         def step_complete(self, phase_name: str, step: int) -> bool:

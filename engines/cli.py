@@ -1,33 +1,33 @@
-"""``m2det-detect`` and ``m2det-eval``, plus the helpers every project CLI shares.
+"""``m2det-detect`` and ``m2det-eval`` (the conventions they follow: :mod:`m2det.cli`).
 
-Shared helpers (import them in other CLIs):
-
-- ``run_cli(prog, fn, argv)``: run ``fn(argv) -> int``; an ``M2DetError`` (and argparse's usage
-  errors, via ``make_parser``) becomes one line ``<prog>: error: <message>`` on stderr and exit 2.
-- ``make_parser(prog, description)``: an ``ArgumentParser`` whose usage errors raise M2DetError.
-- ``add_nms_args(parser)`` / ``nms_from_args(args)``: ``--nms`` preset + ``--score-threshold``.
+Both exit 1 (partial success) when some images could not be read: the others are processed and
+written, the unreadable ones are named in a warning and listed under ``skipped`` in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from m2det.cli import (  # noqa: F401 - re-exported for the other CLIs
+    EXIT_OK,
+    EXIT_PARTIAL,
     NMS_CHOICES,
+    Console,
     add_nms_args,
     jsonable,
     make_parser,
     nms_from_args,
+    parse_device,
+    remove_on_failure,
     run_cli,
 )
 from m2det.errors import M2DetError
@@ -41,30 +41,36 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     group = parser.add_argument_group("model (one of)")
     exclusive = group.add_mutually_exclusive_group(required=required)
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
-    exclusive.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
-    exclusive.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
-    group.add_argument("--config", help="config preset of a checkpoint that records none "
-                                        "(checked against the recorded one otherwise)")
-    group.add_argument("--device", default="cpu", help="cpu or cuda")
-    group.add_argument("--fp16", action="store_true", help="checkpoints on CUDA: autocast FP16")
+    exclusive.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
+    exclusive.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
+    group.add_argument("--config", help="Config preset of a checkpoint that records none "
+                                        "(checked against the recorded one otherwise).")
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
+    group.add_argument("--fp16", action="store_true",
+                       help="Checkpoints on CUDA: autocast to FP16.")
+
+
+def _check_artifact(args: argparse.Namespace) -> None:
+    """The model options, before any work: preset name, device, file present."""
+    from m2det.config import get_config
+
+    if args.config is not None:
+        get_config(args.config)  # unknown names fail first, listing the valid ones
+    parse_device(args.device)
+    for flag, what in (("ckpt", "checkpoint"), ("onnx", "ONNX file"), ("engine", "plan")):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise M2DetError(f"{what} not found: {path}")
 
 
 def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
     """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
-    from m2det.config import get_config
     from m2det.engines.registry import default_checkpoint, load_runner
 
-    if args.config is not None:
-        get_config(args.config)  # unknown names fail first, listing the valid ones
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
     runner = load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
                          fp16=args.fp16)  # fmt: skip
     return runner, artifact
-
-
-def _progress(iterable: Any, **kw: Any) -> Any:
-    """tqdm on stderr, silent when stderr is not a terminal."""
-    return tqdm(iterable, file=sys.stderr, disable=None, **kw)
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -95,14 +101,17 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
 
 # ----------------------------------------------------------------------------- m2det-detect
 def _detect_parser() -> argparse.ArgumentParser:
-    p = make_parser("m2det-detect", "Detect objects in images, a folder of images or a video; "
-                    "writes annotated copies and detections.json (boxes in original pixels).")
+    p = make_parser("m2det-detect", "Detect objects in an image, a folder of images or a video. "
+                    "Writes annotated copies and OUT/detections.json (boxes in original image "
+                    "pixels). Exit status 1: some images could not be read (named on stderr "
+                    "and under 'skipped'); the others were processed.")
     _add_artifact_args(p, required=False,
-                       ckpt_help="checkpoint (.pth); default: the bundled m2det_tiny shapes model")
-    p.add_argument("--input", required=True, type=Path, help="an image, a folder or a video")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+                       ckpt_help="Checkpoint (.pth); by default the bundled m2det_tiny shapes "
+                                 "model.")  # fmt: skip
+    p.add_argument("--input", required=True, type=Path, help="An image, a folder or a video.")
+    p.add_argument("--out", required=True, type=Path, help="Output folder.")
     p.add_argument("--draw-threshold", type=float, default=0.3, metavar="F",
-                   help="draw boxes scoring at least F (the JSON keeps every detection)")
+                   help="Draw boxes scoring at least F (the JSON keeps every detection).")
     add_nms_args(p)
     return p
 
@@ -129,6 +138,10 @@ class _Detector:
 
 def _detect(argv: Sequence[str] | None) -> int:
     args = _detect_parser().parse_args(argv)
+    console = Console.from_args("m2det-detect", args)
+    _check_artifact(args)
+    if args.draw_threshold < 0:
+        raise M2DetError(f"--draw-threshold must be >= 0, got {args.draw_threshold}")
     source: Path = args.input
     if not source.exists():
         raise M2DetError(f"input not found: {source}")
@@ -141,40 +154,56 @@ def _detect(argv: Sequence[str] | None) -> int:
         read_image(source)  # a single unreadable image is an error before the model loads
     runner, artifact = _open_runner(args)
     detector = _Detector(runner, args.draw_threshold)
-    skipped: list[str] = []
-    with runner:
+    skipped: dict[str, str] = {}  # file name -> why it could not be read
+    written: list[Path] = []
+    with remove_on_failure(out), _remove_files_on_failure(written), runner:
         if is_video:
-            _detect_video(detector, source, out)
+            _detect_video(detector, source, out, console)
         else:
-            for path in _progress(files, desc="detect", unit="img"):
+            for path in console.progress(files, desc="detect", unit="img"):
                 try:
                     image = read_image(path)
-                except M2DetError:
-                    skipped.append(path.name)
+                except M2DetError as e:
+                    skipped[path.name] = str(e).rsplit(": ", 1)[-1]
                     continue
-                _write_image(out / path.name, detector(path.name, image))
-    atomic_write_json(out / "detections.json", {
-        "artifact": str(artifact),
-        "backend": runner.name, "config": runner.config.name, "input": str(source),
-        "nms": jsonable(runner.nms), "boxes": "x1,y1,x2,y2 in original image pixels",
-        "detections": detector.records, "skipped": skipped,
-    })  # fmt: skip
+                written.append(_write_image(out / path.name, detector(path.name, image)))
+        result = {
+            "artifact": str(artifact),
+            "backend": runner.name, "config": runner.config.name, "input": str(source),
+            "nms": jsonable(runner.nms), "boxes": "x1,y1,x2,y2 in original image pixels",
+            "detections": detector.records, "skipped": list(skipped),
+        }  # fmt: skip
+        atomic_write_json(out / "detections.json", result)
     total = sum(len(v) for v in detector.records.values())
     unit = "frame(s)" if is_video else "image(s)"
-    print(f"m2det-detect: {total} detections in {len(detector.records)} {unit} -> {out}")
+    console.result(f"m2det-detect: {total} detections in {len(detector.records)} {unit} -> {out}")
+    console.write_json(result)
     if skipped:
-        print(f"m2det-detect: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+        names = ", ".join(f"{name} ({why})" for name, why in list(skipped.items())[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        console.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}")
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
+@contextlib.contextmanager
+def _remove_files_on_failure(files: list[Path]) -> Iterator[None]:
+    """The files appended to ``files`` during the block are removed if it raises."""
+    try:
+        yield
+    except BaseException:
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise
+
+
+def _write_image(path: Path, image: np.ndarray) -> Path:
     ext = path.suffix.lower() if path.suffix.lower() in IMAGE_EXTENSIONS else ".png"
     ok, data = cv2.imencode(ext, image)
     if not ok:
         raise M2DetError(f"cannot encode {path.name} as {ext}")
     atomic_write_bytes(path.with_suffix(ext), data.tobytes())
+    return path.with_suffix(ext)
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
@@ -190,7 +219,7 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
         cap.release()
 
 
-def _detect_video(detector: _Detector, source: Path, out: Path) -> None:
+def _detect_video(detector: _Detector, source: Path, out: Path, console: Console) -> None:
     """Annotate every frame into ``out/<stem>_det.mp4``; record frames as ``<name>#<index>``."""
     cap = cv2.VideoCapture(str(source))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
@@ -201,8 +230,8 @@ def _detect_video(detector: _Detector, source: Path, out: Path) -> None:
         video_tmp = tmp.with_name(tmp.name + ".mp4")  # the writer picks the container by suffix
         writer: Any = None
         try:
-            for i, frame in enumerate(_progress(_video_frames(source), total=count, desc="detect",
-                                                unit="frame")):  # fmt: skip
+            for i, frame in enumerate(console.progress(_video_frames(source), total=count,
+                                                       desc="detect", unit="frame")):
                 annotated = detector(f"{source.name}#{i}", frame)
                 if writer is None:
                     h, w = frame.shape[:2]
@@ -227,18 +256,19 @@ def detect_main(argv: Sequence[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- m2det-eval
 def _eval_parser() -> argparse.ArgumentParser:
-    p = make_parser("m2det-eval", "COCO bbox AP of a checkpoint, ONNX file or TensorRT plan on any "
-                    "COCO-format annotation file.")
-    _add_artifact_args(p, required=True, ckpt_help="checkpoint (.pth)")
-    p.add_argument("--ann", required=True, type=Path, help="COCO-format annotation JSON")
-    p.add_argument("--images", required=True, type=Path, help="folder of the annotated images")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images by id")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per forward pass")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT",
-                   help="write metrics + artifact + settings as JSON")
+    p = make_parser("m2det-eval", "COCO box AP of a checkpoint, ONNX file or TensorRT plan on any "
+                    "COCO-format annotation file. --json FILE writes the metrics, the artifact "
+                    "and the settings. Exit status 1: some images could not be read (named on "
+                    "stderr); the AP covers the others.")
+    _add_artifact_args(p, required=True, ckpt_help="Checkpoint (.pth).")
+    p.add_argument("--ann", required=True, type=Path, help="COCO-format annotation JSON.")
+    p.add_argument("--images", required=True, type=Path, help="Folder of the annotated images.")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="Evaluate the first N images by id only.")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="Images per forward pass.")
     p.add_argument("--save-detections", type=Path, default=None, metavar="OUT",
-                   help="write the COCO results (detections) JSON")
-    p.add_argument("--per-class", action="store_true", help="also AP per category")
+                   help="Write the COCO results (detections) JSON to OUT.")
+    p.add_argument("--per-class", action="store_true", help="Also report AP per category.")
     add_nms_args(p)
     return p
 
@@ -247,6 +277,12 @@ def _eval(argv: Sequence[str] | None) -> int:
     from m2det.coco_eval import coco_table, evaluate_coco
 
     args = _eval_parser().parse_args(argv)
+    console = Console.from_args("m2det-eval", args)
+    _check_artifact(args)
+    if args.limit is not None and args.limit < 1:
+        raise M2DetError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch < 1:
+        raise M2DetError(f"--batch must be >= 1, got {args.batch}")
     if not args.ann.is_file():
         raise M2DetError(f"annotation file not found: {args.ann}")
     if not args.images.is_dir():
@@ -255,23 +291,25 @@ def _eval(argv: Sequence[str] | None) -> int:
     with runner:
         metrics = evaluate_coco(runner, args.ann, args.images, config_labels=runner.config.labels,
                                 limit=args.limit, batch=args.batch, out_json=args.save_detections,
-                                per_class=args.per_class)  # fmt: skip
-    print(f"{runner.name} {artifact} ({runner.config.name}, {args.nms} NMS) on {args.ann}: "
-          f"{metrics['num_images']} images, {metrics['num_detections']} detections")
-    print(coco_table(metrics))
-    if args.json is not None:
-        atomic_write_json(args.json, {
-            "metrics": metrics, "artifact": str(artifact), "backend": runner.name,
-            "config": runner.config.name,
-            "settings": {"ann": str(args.ann), "images": str(args.images), "limit": args.limit,
-                         "batch": args.batch, "device": args.device, "nms_preset": args.nms,
-                         "nms": jsonable(runner.nms)},
-        })  # fmt: skip
+                                per_class=args.per_class, progress=not args.quiet)  # fmt: skip
+    console.result(f"{runner.name} {artifact} ({runner.config.name}, {args.nms} NMS) on "
+                   f"{args.ann}: {metrics['num_images']} images, {metrics['num_detections']} "
+                   "detections")  # fmt: skip
+    console.result(coco_table(metrics))
+    console.write_json({
+        "metrics": metrics, "artifact": str(artifact), "backend": runner.name,
+        "config": runner.config.name,
+        "settings": {"ann": str(args.ann), "images": str(args.images), "limit": args.limit,
+                     "batch": args.batch, "device": args.device, "nms_preset": args.nms,
+                     "nms": jsonable(runner.nms)},
+    })  # fmt: skip
     if metrics["skipped"]:
-        print(f"m2det-eval: skipped {len(metrics['skipped'])} unreadable image(s): "
-              f"{', '.join(metrics['skipped'])}", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+        console.warn(f"skipped {len(metrics['skipped'])} unreadable image(s): "
+                     f"{', '.join(metrics['skipped'][:5])}"
+                     + (f" and {len(metrics['skipped']) - 5} more"
+                        if len(metrics["skipped"]) > 5 else ""))
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import m2det
-from m2det.cli import make_parser
+from m2det.cli import Console, make_parser
 from m2det.contract import PLUGIN_NAME
 from m2det.errors import M2DetError
 from m2det.export import precision
@@ -23,44 +22,50 @@ PROG = "m2det-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, "Checkpoint -> raw ONNX graph (+ FP16, INT8, NMS graphs), "
-                    "parity-checked. Files: see export/README.md.", argparse.HelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint (.pth, project or official layout)")
-    p.add_argument("--config", help="preset name (needed when the checkpoint records none)")
-    p.add_argument("--out", default=".", help="output folder (default: .)")
+    p = make_parser(PROG, "Export a checkpoint to an ONNX graph (and FP16, INT8 and NMS graphs), "
+                    "each checked for parity with PyTorch or FP32. The files and the summary "
+                    "JSON are described in export/README.md; a failed run writes nothing.")
+    p.add_argument("--ckpt", required=True,
+                   help="Checkpoint (.pth), in this project's or the official layout.")
+    p.add_argument("--config", help="Preset name, needed when the checkpoint records none.")
+    p.add_argument("--out", default=".", help="Output folder.")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--batch", type=int, metavar="N", help="fixed batch size N")
-    b.add_argument("--dynamic", action="store_true", help="dynamic batch dimension (default)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the FP32 graph (>= 17)")
+    b.add_argument("--batch", type=int, metavar="N", help="Fixed batch size N.")
+    b.add_argument("--dynamic", action="store_true",
+                   help="Dynamic batch dimension (the default).")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the FP32 graph (>= 17).")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="max |ORT - PyTorch| / max(1, |PyTorch|) of boxes and scores "
-                        f"(default {DEFAULT_TOLERANCE})")
+                   help="Largest accepted |ORT - PyTorch| / max(1, |PyTorch|) of boxes and "
+                        "scores.")  # fmt: skip
     q = p.add_argument_group("precision")
-    q.add_argument("--fp16", action="store_true", help="also write the FP16 (AutoCast) graph")
-    q.add_argument("--int8", action="store_true", help="also write the INT8 Q/DQ graph")
-    q.add_argument("--calib", metavar="DIR", help="calibration images for --int8")
-    q.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy")
+    q.add_argument("--fp16", action="store_true", help="Also write the FP16 (AutoCast) graph.")
+    q.add_argument("--int8", action="store_true", help="Also write the INT8 Q/DQ graph.")
+    q.add_argument("--calib", metavar="DIR", help="Calibration images for --int8.")
+    q.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy",
+                   help="How activation ranges are chosen.")
     q.add_argument("--calib-count", type=int, default=64, metavar="N",
-                   help="calibration images used (a seeded subset when DIR has more; default 64)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+                   help="Calibration images used: a seeded subset when DIR has more; fewer "
+                        "usable images is an error.")  # fmt: skip
+    q.add_argument("--seed", type=int, default=0, help="Seed of the calibration subset.")
     q.add_argument("--qdq-placement", choices=precision.PLACEMENTS, default="tensorrt",
-                   help="tensorrt: ModelOpt's placement (Q/DQ on inputs of weighted ops); cpu: "
-                        "also on Conv outputs, so ONNX Runtime can fuse QLinearConv; "
+                   help="INT8 recipe. tensorrt: ModelOpt, Q/DQ on the inputs of weighted ops; "
+                        "cpu: also on Conv outputs, so ONNX Runtime can fuse QLinearConv; "
                         "onnxruntime: ONNX Runtime's quantize_static (uint8 activations) "
-                        "instead of ModelOpt")
+                        "instead of ModelOpt.")
     n = p.add_argument_group("NMS graph")
     n.add_argument("--nms-graph", choices=NMS_GRAPHS, default=None,
-                   help="none (default): raw graphs only; soft (official linear soft-NMS) / hard: "
-                        f"plugin node {PLUGIN_NAME} (TensorRT); onnx-hard: ONNX "
-                        "NonMaxSuppression")
+                   help="none (the default): raw graphs only; soft (official linear soft-NMS) or "
+                        f"hard: plugin node {PLUGIN_NAME} (TensorRT); onnx-hard: ONNX "
+                        "NonMaxSuppression.")
     n.add_argument("--nms", choices=NMS_GRAPHS, default=None, help=argparse.SUPPRESS)  # deprecated
-    n.add_argument("--score-threshold", type=float)
-    n.add_argument("--iou-threshold", type=float)
-    n.add_argument("--sigma", type=float)
-    n.add_argument("--keep-per-class", type=int)
-    n.add_argument("--max-candidates", type=int)
-    n.add_argument("--max-det", type=int, default=100, help="K detections per image (default 100)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {m2det.__version__}")
+    n.add_argument("--score-threshold", type=float, help="Override the preset's score threshold.")
+    n.add_argument("--iou-threshold", type=float, help="Override the preset's IoU threshold.")
+    n.add_argument("--sigma", type=float, help="Override the preset's soft-NMS sigma.")
+    n.add_argument("--keep-per-class", type=int,
+                   help="Override the detections kept per class.")
+    n.add_argument("--max-candidates", type=int,
+                   help="Override the candidates per class that enter NMS.")
+    n.add_argument("--max-det", type=int, default=100, help="Detections per image, K.")
     return p
 
 
@@ -93,9 +98,11 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     )  # fmt: skip
 
 
-def report(result: ExportResult) -> None:
-    """The closing lines: every file written, then the summary."""
+def report(result: ExportResult, console: Console) -> None:
+    """The closing lines on stdout: every file written, then the summary (or it as JSON)."""
     for info in result.files.values():
-        print(f"wrote {info.path} ({info.bytes / 1e6:.1f} MB, {info.precision}, {info.graph})")
-    print(f"wrote {result.summary_path}")
+        console.result(f"wrote {info.path} ({info.bytes / 1e6:.1f} MB, {info.precision}, "
+                       f"{info.graph})")
+    console.result(f"wrote {result.summary_path}")
+    console.write_json(result.to_json())
 

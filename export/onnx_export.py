@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,14 @@ def export_raw(module: M2DetInference, batch: int | None = None,
     example = torch.rand(batch or 2, 3, size, size) * 255.0
     dynamic = None if batch else {name: {0: "batch"} for name in (INPUT, *RAW_OUTPUTS)}
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (dynamo=False): the /postprocess/* node
+        # names that keep the decode in FP32 come from its scope naming. Its deprecation notices
+        # (one per call, and one from its internals) are about that choice, not the user's.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
+                                DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                module=r"torch\.onnx\._internal\.torchscript_exporter")
         torch.onnx.export(module.eval(), (example,), buf,  # type: ignore[arg-type]
                           dynamo=False, opset_version=opset, input_names=[INPUT],
                           output_names=list(RAW_OUTPUTS), dynamic_axes=dynamic,

@@ -19,12 +19,12 @@ Files (``<c>`` = config name, ``_b<N>`` added for a fixed batch):
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,15 +36,17 @@ import torch
 import m2det
 from m2det import contract
 from m2det.checkpoint import load_model
-from m2det.config import M2DetConfig
+from m2det.cli import stderr_is_terminal
+from m2det.config import M2DetConfig, get_config
 from m2det.errors import M2DetError
 from m2det.export import nms_graph, precision
-from m2det.export.calibration import CALIB_METHODS, load_calibration_images
+from m2det.export.calibration import CALIB_METHODS, read_calibration_images
 from m2det.export.onnx_export import OPSET, check_model, export_raw, save_model, set_metadata
 from m2det.export.parity import compare_onnx, compare_with_torch, random_images
 from m2det.io import atomic_write_json
 from m2det.model import M2DetInference
 from m2det.nms import NMSParams, get_nms_params
+from m2det.preprocess import list_images
 
 #: ``nms_graph`` choices: no NMS, the plugin node with the official soft-NMS preset or with hard
 #: NMS, or hard NMS in standard ONNX ops.
@@ -53,6 +55,9 @@ NMS_GRAPHS = ("none", "soft", "hard", "onnx-hard")
 DEFAULT_TOLERANCE = 1e-4
 #: Images compared for the FP16/INT8 parity figures (calibration images for INT8).
 PARITY_IMAGES = 4
+#: A warning is printed when the INT8 graph's scores differ from FP32's by more than this on the
+#: calibration images (a class probability moving by 0.2 can add or drop a detection).
+INT8_SCORE_WARNING = 0.2
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ class ExportOptions:
     ``calib`` (a folder; ``calib_count`` images, a ``seed``-ed subset) or ``calib_images`` (already
     preprocessed [N,3,S,S] float32). ``nms_graph`` one of :data:`NMS_GRAPHS`; ``nms`` overrides
     the graph's NMS parameters (default: the ``official`` preset for soft, ``hard`` for the hard
-    kinds, K = 100). ``quiet`` silences ModelOpt's and the calibrators' own output."""
+    kinds, K = 100). ``quiet``: no status lines (the quantizers' own output is never shown).
+    ``int8_warning``: the INT8-vs-FP32 score difference on the calibration images above which
+    a warning is printed."""
 
     checkpoint: Path
     out: Path
@@ -80,6 +87,7 @@ class ExportOptions:
     nms_graph: str = "none"
     nms: NMSParams | None = None
     quiet: bool = False
+    int8_warning: float = INT8_SCORE_WARNING
 
     def check(self) -> None:
         """Raise M2DetError for an inconsistent set of options (before any work)."""
@@ -96,6 +104,12 @@ class ExportOptions:
             raise M2DetError("--calib is only used with --int8")
         if self.calib_method not in CALIB_METHODS:
             raise M2DetError(f"unknown calibration method {self.calib_method!r}")
+        if self.calib is not None:
+            list_images(self.calib)  # a missing folder or one without images: now, not later
+        if self.config is not None:
+            get_config(self.config)
+        if not self.checkpoint.is_file():
+            raise M2DetError(f"checkpoint not found: {self.checkpoint}")
         if self.calib_count < 1:
             raise M2DetError(f"--calib-count must be >= 1, got {self.calib_count}")
         if self.qdq_placement not in precision.PLACEMENTS:
@@ -152,27 +166,45 @@ class ExportResult:
         return data
 
 
+def _status_line(line: str) -> None:
+    if stderr_is_terminal():
+        print(line, file=sys.stderr, flush=True)
+
+
+def _warning_line(line: str) -> None:
+    print(f"m2det-export: warning: {line}", file=sys.stderr, flush=True)
+
+
 def export_model(options: ExportOptions,
-                 log: Callable[[str], None] | None = print) -> ExportResult:
+                 log: Callable[[str], None] | None = _status_line,
+                 warn: Callable[[str], None] = _warning_line) -> ExportResult:
     """Run the export described by ``options``; returns the result (summary already written).
 
-    ``log`` gets one line per slow step (None: silent). A file that fails its FP32 parity check
-    is removed and the run ends with an M2DetError."""
+    Every file is written to a temporary folder inside ``options.out`` and moved there only when
+    the whole run succeeded: a failed run (a bad checkpoint or calibration folder, a parity
+    failure, Ctrl-C) leaves no file behind, and no ``out`` folder it created. ``log`` gets one
+    status line per step (default: stderr when it is a terminal; None: silent), ``warn`` one
+    line per warning (skipped calibration files, an INT8 graph far from FP32)."""
     options.check()
     params = options.nms_params()
-    out = _writable_dir(options.out)
-    step = _Steps(log)
+    with _Staging(options.out) as stage:
+        result = _export(options, params, stage, _Steps(log), warn)
+        stage.commit()
+    result.summary_path = str(options.out / Path(result.summary_path or "").name)
+    for info in result.files.values():
+        info.path = str(options.out / Path(info.path).name)
+    return result
+
+
+def _export(options: ExportOptions, params: NMSParams | None, stage: _Staging, step: _Steps,
+            warn: Callable[[str], None]) -> ExportResult:
+    """The export steps, writing into ``stage.dir`` (file paths in the result are staged)."""
     module = step("load", f"loading {options.checkpoint}",
                   lambda: M2DetInference(load_model(options.checkpoint, options.config)).eval())
     cfg: M2DetConfig = module.model.config
-    calib = None
+    calib, calib_record = None, None
     if options.int8:  # read the images first: a bad folder should fail before minutes of work
-        calib = options.calib_images
-        if calib is None:
-            folder = options.calib
-            calib = step("calib_load", f"reading calibration images from {folder}",
-                         lambda: load_calibration_images(folder, cfg.input_size,
-                                                         options.calib_count, options.seed))
+        calib, calib_record = _calibration(options, cfg, step, warn)
     batch = options.batch
     stem = cfg.name + (f"_b{batch}" if batch else "")
     result = ExportResult(cfg.name, str(options.checkpoint), batch or "dynamic", options.opset,
@@ -183,7 +215,7 @@ def export_model(options: ExportOptions,
               extra: dict[str, Any] | None = None) -> Path:
         set_metadata(model, cfg, prec, graph, batch, extra)
         check_model(model)
-        path = out / f"{stem}{'' if key == 'fp32' else '_' + key}.onnx"
+        path = stage.dir / f"{stem}{'' if key == 'fp32' else '_' + key}.onnx"
         result.files[key] = ExportedFile(str(path), save_model(model, path), prec, graph)
         written[key] = model
         return path
@@ -195,38 +227,43 @@ def export_model(options: ExportOptions,
     parity = step("parity", "ORT vs PyTorch parity",
                   lambda: compare_with_torch(fp32_path, module, batches))
     result.parity["fp32_vs_torch"] = {**parity.to_dict(), "tolerance": options.tolerance}
-    _log(log, f"[export] parity fp32 vs torch: {parity.line()}")
+    step.line(f"parity fp32 vs torch: {parity.line()}")
     if parity.worst > options.tolerance:
-        fp32_path.unlink()  # a file that failed its parity check is not left behind
         raise M2DetError(f"ONNX Runtime output differs from PyTorch by {parity.worst:.3g} > "
                          f"tolerance {options.tolerance:g} ({parity.line()})")  # fmt: skip
 
     probe = [random_images(batch or 1, cfg.input_size, 100 + i) for i in range(PARITY_IMAGES)]
     if options.fp16:
-        with _silenced(options.quiet):
-            fp16 = step("fp16", "FP16 mixed precision (ModelOpt AutoCast)",
-                        lambda: precision.to_fp16(fp32_path))
+        fp16 = step("fp16", "FP16 mixed precision (ModelOpt AutoCast)",
+                    lambda: precision.to_fp16(fp32_path))
         p16 = compare_onnx(write("fp16", fp16, "fp16", contract.GRAPH_RAW), fp32_path, probe)
-        result.parity["fp16_vs_fp32"] = p16.to_dict()
-        _log(log, f"[export] parity fp16 vs fp32: {p16.line()}")
+        result.parity["fp16_vs_fp32"] = {**p16.to_dict(), "inputs": f"{PARITY_IMAGES} random "
+                                         "images"}
+        step.line(f"parity fp16 vs fp32: {p16.line()}")
     if options.int8:
-        assert calib is not None
-        recipe = "ONNX Runtime" if options.qdq_placement == "onnxruntime" else "ModelOpt"
-        with _silenced(options.quiet):
-            i8 = step("int8", f"INT8 PTQ ({options.calib_method}, {len(calib)} images; {recipe})",
-                      lambda: precision.to_int8(fp32_path, calib, options.calib_method,
-                                                options.qdq_placement))  # fmt: skip
+        assert calib is not None and calib_record is not None
+        recipe = precision.recipe(options.qdq_placement)
+        i8 = step("int8", f"INT8 PTQ ({options.calib_method} calibration on {len(calib)} "
+                  f"images; {recipe})",
+                  lambda: precision.to_int8(fp32_path, calib, options.calib_method,
+                                            options.qdq_placement))  # fmt: skip
         q, dq = precision.count_qdq(i8)
         result.calibration = {
-            "folder": None if options.calib is None else str(options.calib),
-            "method": options.calib_method, "images": len(calib), "seed": options.seed,
-            "qdq_placement": options.qdq_placement, "quantize_linear": q, "dequantize_linear": dq,
+            **calib_record, "method": options.calib_method, "seed": options.seed,
+            "qdq_placement": options.qdq_placement, "recipe": recipe,
+            "quantize_linear": q, "dequantize_linear": dq,
         }  # fmt: skip
-        n = batch or 1
-        real = [calib[i:i + n] for i in range(0, n * PARITY_IMAGES, n) if i + n <= len(calib)]
-        p8 = compare_onnx(write("int8", i8, "int8", contract.GRAPH_RAW), fp32_path, real or probe)
-        result.parity["int8_vs_fp32"] = {**p8.to_dict(), "inputs": "calibration images"}
-        _log(log, f"[export] parity int8 vs fp32 (calibration images): {p8.line()}")
+        int8_path = write("int8", i8, "int8", contract.GRAPH_RAW)
+        p8 = step("int8_parity", f"INT8 vs FP32 on the {len(calib)} calibration images",
+                  lambda: compare_onnx(int8_path, fp32_path, _chunks(calib, batch)))
+        result.parity["int8_vs_fp32"] = {**p8.to_dict(),
+                                         "inputs": f"{len(calib)} calibration images"}
+        step.line(f"parity int8 vs fp32 ({len(calib)} calibration images): {p8.line()}")
+        if p8.scores_max > options.int8_warning:
+            result.parity["int8_vs_fp32"]["warning"] = True
+            warn(f"the INT8 graph's scores differ from FP32 by up to {p8.scores_max:.2f} on the "
+                 f"{len(calib)} calibration images (mean {p8.scores_mean:.1e}; recipe "
+                 f"{recipe}): measure its AP (m2det-eval --onnx) before using it")
 
     if params is not None:
         result.nms = {"kind": options.nms_graph, **params.attributes()}
@@ -238,10 +275,37 @@ def export_model(options: ExportOptions,
             write(suffix if key == "fp32" else f"{key}_{suffix}", add(written[key], params), key,
                   graph, {contract.META_NMS: params.attributes()})  # fmt: skip
 
-    summary = out / f"{stem}_export.json"
-    atomic_write_json(summary, result.to_json())
+    final = {k: ExportedFile(str(stage.out / Path(f.path).name), f.bytes, f.precision, f.graph)
+             for k, f in result.files.items()}  # the summary names the files where they will be
+    summary = stage.dir / f"{stem}_export.json"
+    atomic_write_json(summary, {**result.to_json(), "files": {k: asdict(f) for k, f in
+                                                              final.items()}})  # fmt: skip
     result.summary_path = str(summary)
     return result
+
+
+def _calibration(options: ExportOptions, cfg: M2DetConfig, step: _Steps,
+                 warn: Callable[[str], None]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The preprocessed calibration images [N,3,S,S] and their record for the summary."""
+    if options.calib_images is not None:
+        calib = options.calib_images
+        return calib, {"folder": None, "images": len(calib), "skipped": []}
+    folder = options.calib
+    assert folder is not None
+    found = step("calib_load", f"reading {options.calib_count} calibration images from {folder}",
+                 lambda: read_calibration_images(folder, options.calib_count, options.seed))
+    if found.skipped:
+        warn(f"calibration folder {folder}: {found.skipped_line()}")
+    return found.preprocessed(cfg.input_size), found.record()
+
+
+def _chunks(images: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """``images`` [N,3,S,S] in calls of the graph's batch (fixed: whole batches only; dynamic:
+    up to 8 images each)."""
+    n = batch or 8
+    last = len(images) - n + 1 if batch else len(images)
+    chunks = [images[i:i + n] for i in range(0, max(last, 0), n)]
+    return chunks or [images[:n]]
 
 
 def write_summary(result: ExportResult) -> None:
@@ -252,7 +316,8 @@ def write_summary(result: ExportResult) -> None:
 
 
 class _Steps:
-    """One log line per slow step (``[export] <what> ... done (Xs)``); timings recorded."""
+    """One status line per slow step (``[export] <what> ... done (Xs)``, the line finished with
+    `` failed`` before an error propagates); timings recorded."""
 
     def __init__(self, log: Callable[[str], None] | None) -> None:
         self.log = log
@@ -260,49 +325,66 @@ class _Steps:
 
     def __call__(self, key: str, what: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
-        result = fn()
+        try:
+            result = fn()
+        except BaseException:
+            self.line(f"{what} ... failed")
+            raise
         self.timings[key] = round(time.perf_counter() - t0, 3)
-        _log(self.log, f"[export] {what} ... done ({self.timings[key]:.1f} s)")
+        self.line(f"{what} ... done ({self.timings[key]:.1f} s)")
         return result
 
-
-def _log(log: Callable[[str], None] | None, line: str) -> None:
-    if log is not None:
-        log(line)
-
-
-@contextlib.contextmanager
-def _silenced(quiet: bool) -> Iterator[None]:
-    """With ``quiet``: ModelOpt's INFO logs and the calibrators' prints and progress bars go to a
-    buffer, shown only when the block fails."""
-    if not quiet:
-        yield
-        return
-    buf = io.StringIO()
-    logging.disable(logging.INFO)
-    try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            yield
-    except BaseException:
-        sys.stderr.write(buf.getvalue())
-        raise
-    finally:
-        logging.disable(logging.NOTSET)
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log(f"[export] {text}")
 
 
-def _writable_dir(path: Path) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise M2DetError(f"cannot create output folder {out}: {e.strerror or e}") from None
-    probe = out / f".m2det-export-{time.time_ns()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise M2DetError(f"output folder {out} is not writable: {e.strerror or e}") from None
-    return out
+class _Staging:
+    """A temporary folder inside ``out`` for one export run. :meth:`commit` moves its files into
+    ``out`` (the summary JSON last); leaving the block without a commit (an error, Ctrl-C)
+    removes it, and removes ``out`` and its parents again if this run created them."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.created: list[Path] = []
+        self.dir = self.out
+
+    def __enter__(self) -> _Staging:
+        missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise M2DetError(f"cannot create output folder {self.out}: {e.strerror or e}"
+                             ) from None
+        self.created = missing  # deepest first
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=".m2det-export-", dir=self.out))
+        except OSError as e:
+            self._remove_created()
+            raise M2DetError(f"output folder {self.out} is not writable: {e.strerror or e}"
+                             ) from None
+        return self
+
+    def commit(self) -> None:
+        files = sorted(self.dir.iterdir(), key=lambda f: (f.name.endswith("_export.json"),
+                                                          f.name))  # fmt: skip
+        for f in files:
+            os.replace(f, self.out / f.name)
+        self.dir.rmdir()
+        self.created = []
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dir != self.out and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only while empty
+            except OSError:
+                break
+        self.created = []
 
 
 def _versions() -> dict[str, str]:

@@ -9,10 +9,14 @@ TensorRT ever sees it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import logging
 import multiprocessing
 import os
 import re
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,17 +46,50 @@ def tensorrt_usable() -> bool:
 
 
 @contextlib.contextmanager
-def _modelopt_quiet() -> Iterator[None]:
-    """ModelOpt decides at import whether TensorRT is there by ``import tensorrt`` succeeding;
-    with only the stubs installed it then calls ``trt.Logger`` and fails. Tell it the truth."""
-    import modelopt.onnx.trt_utils as trt_utils
-
-    saved = trt_utils.TRT_PYTHON_AVAILABLE
-    trt_utils.TRT_PYTHON_AVAILABLE = saved and tensorrt_usable()
+def _quiet_tools() -> Iterator[None]:
+    """The quantizers' own chatter, kept out of the user's terminal: ModelOpt's INFO/WARNING log
+    lines (its handler writes to stdout), ONNX Runtime's calibration prints and root-logger
+    warnings, and one progress bar per calibration batch. The project reports what matters
+    itself (parity figures, calibration summary). Captured text is shown if the block fails."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in
+                                      list(logging.root.manager.loggerDict)
+                                      if name.startswith("modelopt"))]  # fmt: skip
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    except BaseException:
+        sys.stderr.write(buf.getvalue())
+        raise
     finally:
-        trt_utils.TRT_PYTHON_AVAILABLE = saved
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _modelopt_quiet() -> Iterator[None]:
+    """ModelOpt with :func:`_quiet_tools`. Also: ModelOpt decides at import whether TensorRT is
+    there by ``import tensorrt`` succeeding; with only the stubs installed it then calls
+    ``trt.Logger`` and fails, so it is told the truth. Its patch of ONNX Runtime's histogram
+    collector draws a tqdm bar per calibration batch: those bars are disabled."""
+    import modelopt.onnx.quantization.ort_patching as ort_patching
+    import modelopt.onnx.trt_utils as trt_utils
+    from tqdm import tqdm
+
+    saved = trt_utils.TRT_PYTHON_AVAILABLE, getattr(ort_patching, "tqdm", None)
+    trt_utils.TRT_PYTHON_AVAILABLE = saved[0] and tensorrt_usable()
+    if saved[1] is not None:
+        ort_patching.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        with _quiet_tools():
+            yield
+    finally:
+        trt_utils.TRT_PYTHON_AVAILABLE = saved[0]
+        if saved[1] is not None:
+            ort_patching.tqdm = saved[1]
 
 
 def to_fp16(raw_path: str | Path) -> onnx.ModelProto:
@@ -72,6 +109,13 @@ def to_fp16(raw_path: str | Path) -> onnx.ModelProto:
 #: ``onnxruntime`` ONNX Runtime's own ``quantize_static`` (uint8 asymmetric activations, so ORT
 #: can also drop the ReLUs and fuse every Conv) instead of ModelOpt.
 PLACEMENTS = ("tensorrt", "cpu", "onnxruntime")
+
+
+def recipe(placement: str) -> str:
+    """The INT8 recipe a placement runs, as reports name it."""
+    return {"tensorrt": "ModelOpt Q/DQ, TensorRT placement",
+            "cpu": "ModelOpt Q/DQ, CPU placement (quantized Conv outputs)",
+            "onnxruntime": "ONNX Runtime quantize_static (QDQ, uint8 activations)"}[placement]
 
 
 def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entropy",
@@ -102,7 +146,7 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entrop
             calibration_method="entropy" if method == "entropy" else "max",
             calibration_cache_path=cache, calibration_eps=["cpu"],
             nodes_to_exclude=[POSTPROCESS_PATTERN], high_precision_dtype="fp32",
-            output_path=out, log_level="WARNING", **extra,
+            output_path=out, log_level="ERROR", **extra,
         )  # fmt: skip
         return onnx.load(out)
 
@@ -143,12 +187,13 @@ def _ort_quantize_static(raw_path: str, out: str, calibration: np.ndarray, metho
                   if re.match(POSTPROCESS_PATTERN, n.name) or n.name.startswith("/model/head/")]
     calibrate = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
                  "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
-    quantize_static(
-        raw_path, out, _Reader(calibration), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=_every_node(graph), nodes_to_exclude=keep_float, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=calibrate, extra_options={"CalibPercentile": PERCENTILE},
-    )  # fmt: skip
+    with _quiet_tools():
+        quantize_static(
+            raw_path, out, _Reader(calibration), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=_every_node(graph), nodes_to_exclude=keep_float,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=calibrate, extra_options={"CalibPercentile": PERCENTILE},
+        )  # fmt: skip
 
 
 def percentile_ranges(raw_path: str | Path, calibration: np.ndarray,
@@ -169,8 +214,9 @@ def _percentile_ranges(raw_path: str, calibration: np.ndarray, workdir: str) -> 
         calibrate_method=CalibrationMethod.Percentile,
         extra_options={"percentile": PERCENTILE, "symmetric": True, "num_bins": 2048},
     )  # fmt: skip
-    calibrator.collect_data(_Reader(calibration))
-    ranges = calibrator.compute_data()
+    with _quiet_tools():
+        calibrator.collect_data(_Reader(calibration))
+        ranges = calibrator.compute_data()
     out = {}
     for name, data in ranges.data.items():
         lo, hi = (float(np.asarray(v).max()) for v in data.range_value)

@@ -107,22 +107,94 @@ def ours_to_official(state: Mapping[str, Tensor], config: M2DetConfig) -> dict[s
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file -> ``{"model": state_dict (our keys), "config": dict | None, ...}``."""
+    """A checkpoint file -> ``{"model": state_dict (our keys), "config": dict | None, ...}``.
+
+    Anything else is one short M2DetError naming the file and what it is: missing, empty,
+    truncated, damaged, not a PyTorch checkpoint, pickled objects instead of weights, or a
+    checkpoint of another model."""
     path = Path(path)
     if not path.is_file():
         raise M2DetError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt/foreign files are user errors
-        raise M2DetError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        raise M2DetError(f"{path}: {_unreadable(path, e)}") from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return dict(obj)
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        state = strip_module_prefix(obj)
-        if is_official_layout(state):
-            state = official_to_ours(state)
-        return {"model": state, "config": None}
-    raise M2DetError(f"{path} is neither an M2Det checkpoint nor a state_dict")
+    state = _state_dict_of(obj)
+    if state is None:
+        raise M2DetError(f"{path}: not a model checkpoint (holds {_kind(obj)})")
+    state = strip_module_prefix(state)
+    if is_official_layout(state):
+        state = official_to_ours(state)
+    if not any(k.startswith(_OUR_PREFIXES) for k in state):
+        example = next(iter(state))
+        many = f"{len(state)} tensors such as" if len(state) > 1 else "1 tensor,"
+        raise M2DetError(f"{path}: a checkpoint of another model ({many} {example!r}; none of "
+                         "them is an M2Det weight)")
+    return {"model": state, "config": None}
+
+
+#: First components of this project's state_dict keys (what an M2Det checkpoint must share).
+_OUR_PREFIXES = ("backbone.", "ffm1.", "ffm2.", "tums.", "sfam.", "norm.", "head.")
+#: The first bytes of the two formats ``torch.save`` has written: a zip archive (PyTorch 1.6+)
+#: and the legacy pickle stream, which opens with a pickled magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """What a file that ``torch.load`` refused is, in a few words."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused:  # weights_only=True met a class it will not construct
+        return (f"holds pickled Python objects ({refused.group(1)}), not only weights; loading it "
+                "would run their code: save model.state_dict() instead")
+    if head.startswith(_ZIP_MAGIC):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            return (f"truncated PyTorch checkpoint ({size:,} bytes, the end of the archive is "
+                    "missing)")
+        return f"damaged PyTorch checkpoint ({size:,} bytes: {_first_line(error)})"
+    if head.startswith(_LEGACY_MAGIC):
+        if isinstance(error, EOFError) or re.search(r"ran out of input|unexpected EOF",
+                                                    str(error), re.IGNORECASE):
+            return f"truncated PyTorch checkpoint ({size:,} bytes, legacy format)"
+        return f"damaged PyTorch checkpoint ({size:,} bytes, legacy format: {_first_line(error)})"
+    return "not a PyTorch checkpoint"
+
+
+def _first_line(error: Exception, limit: int = 80) -> str:
+    """The telling part of a ``torch.load`` error, cut to ``limit`` characters."""
+    message = str(error)
+    if "WeightsUnpickler error:" in message:  # skip the paragraph about weights_only
+        message = message.split("WeightsUnpickler error:", 1)[1]
+    text = next((line.strip() for line in message.splitlines() if line.strip()),
+                type(error).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _state_dict_of(obj: Any) -> dict[str, Tensor] | None:
+    """A mapping of name -> tensor: ``obj`` itself, or the one it wraps under ``state_dict`` /
+    ``model`` (how other trainers save); None for anything else."""
+    for candidate in (obj, *(obj.get(k) for k in ("state_dict", "model")
+                             if isinstance(obj, Mapping))):
+        if (isinstance(candidate, Mapping) and candidate
+                and all(isinstance(v, Tensor) for v in candidate.values())):
+            return {str(k): v for k, v in candidate.items()}
+    return None
+
+
+def _kind(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = ", ".join(map(repr, list(obj)[:3]))
+        return f"a dict with keys {keys}" if obj else "an empty dict"
+    return f"a {type(obj).__name__}"
 
 
 def resolve_config(

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from m2det.cli import progress_bar
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
@@ -210,7 +209,7 @@ def evaluate_coco(predict: Predictor, ann_file: str | Path, image_dir: str | Pat
         evaluated.extend(i for i, _ in pending)
         pending.clear()
 
-    bar = tqdm(ids, desc="eval", unit="img", disable=None if progress else True, file=sys.stderr)
+    bar = progress_bar(ids, desc="eval", unit="img", enabled=progress)
     for image_id in bar:
         file_name = gt.imgs[image_id]["file_name"]
         try:

@@ -142,6 +142,12 @@ _SPLIT_PARTS = 8  # ... and only used when its largest component is at most 1/8 
 _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidates out
 
 
+# Float32 overflow to inf (and inf - inf = NaN) on huge boxes is the spec's IEEE arithmetic, the
+# same as in the C++ and CUDA implementations: not worth a RuntimeWarning per call.
+def _ieee() -> np.errstate:
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 def _as_f32(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):  # torch.Tensor
         a = a.detach().cpu().numpy()
@@ -186,7 +192,8 @@ def _pack(rows: np.ndarray, cols: np.ndarray, boxes: np.ndarray, scores: np.ndar
     score = np.full((r, w), _NEG_INF, np.float32)
     index = np.zeros((r, w), np.int64)
     box[:4, rr, pos] = boxes.T
-    box[4] = (box[2] - box[0]) * (box[3] - box[1])
+    with _ieee():  # boxes beyond ~1e19 (an untrained network's exp()) give inf areas
+        box[4] = (box[2] - box[0]) * (box[3] - box[1])
     score[rr, pos] = scores
     index[rr, pos] = cols
     return _Candidates(box, score, index, row_id, np.zeros(r, np.int64))
@@ -223,6 +230,11 @@ def _squeeze(c: _Candidates, live: np.ndarray) -> _Candidates:
 def _weights(emitter: np.ndarray, cand: np.ndarray, p: NMSParams) -> np.ndarray:
     """w(IoU(a, b)) for emitter boxes ``emitter`` [5,R,T,1] against candidates ``cand``
     [5,R,1,W] (x1,y1,x2,y2,area) -> [R,T,W] float32, with the spec's operations in its order."""
+    with _ieee():
+        return _weights_ieee(emitter, cand, p)
+
+
+def _weights_ieee(emitter: np.ndarray, cand: np.ndarray, p: NMSParams) -> np.ndarray:
     # x and y together: [iw, ih] = max(min(a.x2y2, b.x2y2) - max(a.x1y1, b.x1y1), 0)
     iwh = np.minimum(emitter[2:4], cand[2:4])
     iwh -= np.maximum(emitter[0:2], cand[0:2])

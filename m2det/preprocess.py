@@ -14,11 +14,39 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR uint8 [H,W,3]; a missing or undecodable file is an M2DetError."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """BGR uint8 [H,W,3]. A missing, empty, truncated or undecodable file is an M2DetError
+    that says which (and OpenCV prints nothing)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise M2DetError(f"cannot read image {path}: not found") from None
+    except OSError as e:
+        raise M2DetError(f"cannot read image {path}: {e.strerror or e}") from None
+    problem = image_problem(data)
+    if problem is not None:
+        raise M2DetError(f"cannot read image {path}: {problem}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise M2DetError(f"cannot read image {path}")
+        raise M2DetError(f"cannot read image {path}: not a decodable image")
     return img
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why the bytes of an image file cannot be used whole ("empty file", "truncated JPEG",
+    "truncated PNG"), or None. Decoders fill a truncated image's missing rows with grey and
+    only print a warning, so the end of the stream is checked here: a JPEG's last scan must be
+    followed by its end-of-image marker (scan data never contains FF D9), a PNG must end with its
+    IEND chunk."""
+    if not data:
+        return "empty file"
+    if data.startswith(b"\xff\xd8"):
+        last_scan = data.rfind(b"\xff\xda")
+        if last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0:
+            return "truncated JPEG"
+    elif data.startswith(b"\x89PNG\r\n\x1a\n") and data.rfind(b"IEND") < 0:
+        return "truncated PNG"
+    return None
 
 
 def preprocess(images: list[np.ndarray] | np.ndarray, size: int) -> np.ndarray:

@@ -20,14 +20,15 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from m2det.cli import Console, make_parser, progress_bar, remove_on_failure, run_cli
 from m2det.config import SHAPES_CLASSES
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
@@ -230,7 +231,8 @@ def generate_split(out: Path, split: str, count: int, seed: int, size: int,
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     try:
-        for i in tqdm(range(count), desc=f"shapes {split}", disable=not progress, unit="img"):
+        for i in progress_bar(range(count), desc=f"shapes {split}", enabled=progress,
+                              unit="img"):
             rng = np.random.default_rng([seed, split_code, i])
             image, objects = render_image(rng, size)
             name = f"{split}_{i:06d}.{image_format}"
@@ -273,28 +275,34 @@ def generate(out: str | Path, train: int, val: int, seed: int = 0, size: int = 1
     return paths
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("m2det-shapes", "Write a deterministic synthetic-shapes detection "
+                         "dataset: OUT/{train,val}/*.jpg and OUT/annotations/{train,val}.json "
+                         "(COCO format, 5 classes).")
+    parser.add_argument("--out", required=True, type=Path, help="Output folder.")
+    parser.add_argument("--train", required=True, type=int, help="Number of training images.")
+    parser.add_argument("--val", required=True, type=int, help="Number of validation images.")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed.")
+    parser.add_argument("--size", type=int, default=160, help="Image side in pixels.")
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="Image format.")
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="m2det-shapes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--train", required=True, type=int, help="number of training images")
-    parser.add_argument("--val", required=True, type=int, help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=160, help="image side in px (default 160)")
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format")
-    args = parser.parse_args(argv)
-    try:
+def _shapes(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console.from_args("m2det-shapes", args)
+    with remove_on_failure(args.out):
         paths = generate(args.out, args.train, args.val, args.seed, args.size, args.format,
-                         progress=True)
-    except M2DetError as e:
-        parser.error(str(e))
+                         progress=not args.quiet)
     for key, path in paths.items():
-        print(f"{key}: {path}")
+        console.result(f"{key}: {path}")
+    console.write_json({key: str(path) for key, path in paths.items()})
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``m2det-shapes``."""
+    return run_cli("m2det-shapes", _shapes, argv)
 
 
 if __name__ == "__main__":

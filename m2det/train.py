@@ -12,20 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
+from m2det.checkpoint import read_checkpoint
+from m2det.cli import Console, make_parser, parse_device, positive, run_cli
 from m2det.config import get_config
 from m2det.errors import M2DetError
+from m2det.schedule import parse_schedule
 from m2det.trainer import DataSpec, Trainer, TrainOptions
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "m2det-train"
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
@@ -69,63 +69,103 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="m2det-train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="preset name, e.g. m2det_tiny, m2det320_vgg")
-    p.add_argument("--data", help="m2det-shapes folder, or a COCO annotation json (+ --images)")
-    p.add_argument("--images", help="image folder of --data ANN.json")
-    p.add_argument("--val", help="validation COCO annotation json (+ --val-images)")
-    p.add_argument("--val-images", help="image folder of --val")
-    p.add_argument("--voc", help="Pascal VOC root (VOCdevkit) instead of --data")
-    p.add_argument("--voc-sets", default="2007/trainval",
-                   help="YEAR/SPLIT,... (default 2007/trainval)")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl)")
-    p.add_argument("--epochs", type=int, default=160)
-    p.add_argument("--batch", type=int, default=32, help="global batch size")
-    p.add_argument("--resume", help="continue from a last.pth training checkpoint")
-    p.add_argument("--lr", type=float, default=0.004, help="peak learning rate")
+    p = make_parser(PROG, "Train an M2Det preset on an m2det-shapes folder, a COCO annotation "
+                    "file or Pascal VOC. Writes OUT/last.pth (resumable), OUT/final.pth and "
+                    "OUT/metrics.jsonl. Ctrl-C stops at the next step with a resumable "
+                    "OUT/last.pth. For DDP, launch with torchrun -m m2det.train.")
+    p.add_argument("--config", required=True,
+                   help="Preset name, e.g. m2det_tiny or m2det320_vgg.")
+    p.add_argument("--data",
+                   help="An m2det-shapes folder, or a COCO annotation JSON (with --images).")
+    p.add_argument("--images", help="Image folder of --data ANN.json.")
+    p.add_argument("--val", help="Validation COCO annotation JSON (with --val-images).")
+    p.add_argument("--val-images", help="Image folder of --val.")
+    p.add_argument("--voc", help="Pascal VOC root (VOCdevkit), instead of --data.")
+    p.add_argument("--voc-sets", default="2007/trainval", help="VOC sets as YEAR/SPLIT,...")
+    p.add_argument("--out", required=True,
+                   help="Output folder for checkpoints and metrics.jsonl.")
+    p.add_argument("--epochs", type=int, default=160, help="Epochs to train.")
+    p.add_argument("--batch", type=int, default=32, help="Global batch size.")
+    p.add_argument("--resume", help="Continue from a last.pth training checkpoint.")
+    p.add_argument("--lr", type=float, default=0.004, help="Peak learning rate.")
     p.add_argument("--schedule", default="official",
-                   help="official (released steps scaled to --epochs), cosine, or step:E1,E2,...")
-    p.add_argument("--gamma", type=float, default=0.1, help="decay per step of step:... schedules")
-    p.add_argument("--warmup-epochs", type=float, default=5.0)
+                   help="Learning-rate schedule: official (the released steps scaled to "
+                        "--epochs), cosine, or step:E1,E2,...")
+    p.add_argument("--gamma", type=float, default=0.1,
+                   help="Decay factor at each epoch of a step:... schedule.")
+    p.add_argument("--warmup-epochs", type=float, default=5.0, help="Linear warm-up length.")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
-                   help="sgd: momentum 0.9 as released; adamw: faster from-scratch convergence")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
-    p.add_argument("--augment-p", type=float, default=0.6, help="zoom-out probability")
-    p.add_argument("--no-photometric", action="store_true", help="no colour distortion")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+                   help="sgd: momentum 0.9 as released; adamw: faster convergence from scratch.")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="Weight decay.")
+    p.add_argument("--clip-grad", type=float, default=0.0,
+                   help="Maximum gradient norm (0: no clipping).")
+    p.add_argument("--augment-p", type=float, default=0.6, help="Zoom-out probability.")
+    p.add_argument("--no-photometric", action="store_true", help="No colour distortion.")
+    p.add_argument("--workers", type=int, default=2, help="Data loader processes.")
     p.add_argument("--eval-every", type=int, default=0,
-                   help="epochs between COCO evaluations (0: after the last epoch only)")
-    p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints")
+                   help="Epochs between COCO evaluations (0: after the last epoch only).")
+    p.add_argument("--eval-limit", type=int,
+                   help="Evaluate on the first N validation images only.")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="Steps between checkpoints (0: at the end of each epoch only).")
     p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop after this many minutes with a resumable checkpoint (0: off)")
+                   help="Stop after this many minutes with a resumable checkpoint (0: no limit).")
     p.add_argument("--bn-momentum", type=float,
                    help="BatchNorm momentum (default: as released, 0.01 in the MLFPN); short "
-                        "runs need ~0.1 for the running statistics to catch up")
+                        "runs need about 0.1 for the running statistics to catch up.")
     p.add_argument("--background-prior", type=float, metavar="P",
-                   help="start the classifier at P(background)=P, e.g. 0.99 (released: uniform); "
-                        "much faster convergence from scratch")
+                   help="Start the classifier at P(background) = P, e.g. 0.99 (released: "
+                        "uniform); much faster convergence from scratch.")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="evaluate and save an exponential moving average of the weights with "
-                        "this decay, e.g. 0.998 (default 0: off)")
+                   help="Evaluate and save an exponential moving average of the weights with "
+                        "this decay, e.g. 0.998 (0: off).")
     p.add_argument("--augment", choices=("ssd", "flip", "resize"), default="ssd",
-                   help="ssd: crop/colour/zoom-out/flip as released; flip: horizontal flip only "
-                        "(short runs from scratch); resize: no augmentation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--strict", action="store_true", help="missing/corrupt images are errors")
+                   help="ssd: crop, colour, zoom-out and flip as released; flip: horizontal "
+                        "flips only (short runs from scratch); resize: no augmentation.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the data order, augmentation "
+                   "and initialisation.")
+    p.add_argument("--threads", type=int, help="Torch CPU threads.")
+    p.add_argument("--strict", action="store_true",
+                   help="Treat missing or corrupt images as errors.")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
-    p.add_argument("--init-backbone", help="backbone weights, e.g. vgg16_reducedfc.pth")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
+                   help="Mixed precision: float16 on CUDA, bfloat16 on the CPU.")
+    p.add_argument("--init-backbone", help="Backbone weights, e.g. vgg16_reducedfc.pth.")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is a GPU).")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
+    """Every argument, before any work."""
+    get_config(args.config)
+    if args.epochs < 1 or args.batch < 1:
+        raise M2DetError("--epochs and --batch must be >= 1")
+    for name in ("lr", "gamma", "warmup_epochs", "weight_decay", "clip_grad", "max_minutes"):
+        positive(f"--{name.replace('_', '-')}", getattr(args, name),
+                 allow_zero=name not in ("lr", "gamma"))
+    for name in ("workers", "eval_every", "checkpoint_every"):
+        positive(f"--{name.replace('_', '-')}", getattr(args, name), allow_zero=True)
+    positive("--eval-limit", args.eval_limit)
+    positive("--threads", args.threads)
+    if not 0.0 <= args.augment_p <= 1.0:
+        raise M2DetError(f"--augment-p must be in [0, 1], got {args.augment_p}")
+    if args.background_prior is not None and not 0.0 < args.background_prior < 1.0:
+        raise M2DetError("--background-prior must be in (0, 1), e.g. 0.99")
+    if not 0.0 <= args.ema < 1.0:
+        raise M2DetError("--ema must be in [0, 1), e.g. 0.998 (0: off)")
+    parse_schedule(args.schedule, args.lr, args.epochs, args.warmup_epochs, args.gamma)
+    if args.device is not None:
+        parse_device(args.device)
+    if args.resume is not None:
+        read_checkpoint(args.resume)  # missing, empty, truncated, foreign: one line now
+    if args.init_backbone is not None and not Path(args.init_backbone).is_file():
+        raise M2DetError(f"backbone weights not found: {args.init_backbone}")
+
+
+def _train(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console.from_args(PROG, args)
+    _check(args)
+    spec = data_spec(args)
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -138,28 +178,33 @@ def main(argv: list[str] | None = None) -> int:
             eval_limit=args.eval_limit, checkpoint_every=args.checkpoint_every,
             max_minutes=args.max_minutes, augment=args.augment, bn_momentum=args.bn_momentum,
             background_prior=args.background_prior, ema=args.ema,
-            progress=not args.no_progress)
-        if args.epochs < 1 or args.batch < 1:
-            raise M2DetError("--epochs and --batch must be >= 1")
-        if args.background_prior is not None and not 0.0 < args.background_prior < 1.0:
-            raise M2DetError("--background-prior must be in (0, 1), e.g. 0.99")
-        if not 0.0 <= args.ema < 1.0:
-            raise M2DetError("--ema must be in [0, 1), e.g. 0.998 (0: off)")
-        if args.resume is not None and not Path(args.resume).is_file():
-            raise M2DetError(f"checkpoint not found: {args.resume}")
-        command = ["m2det-train", *(sys.argv[1:] if argv is None else argv)]
-        trainer = Trainer(get_config(args.config), data_spec(args), options, args.out,
+            progress=not args.quiet)
+        command = [PROG, *(sys.argv[1:] if argv is None else argv)]
+        trainer = Trainer(get_config(args.config), spec, options, args.out,
                           resume=args.resume, init_backbone=args.init_backbone,
                           device=args.device, command=command)
+        if trainer.metrics_dropped:
+            console.note(f"metrics.jsonl brought back to step {trainer.step}: removed "
+                         f"{trainer.metrics_dropped} record(s) logged after the checkpoint")
         metrics = trainer.fit()
-    except M2DetError as e:
-        parser.error(str(e))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if metrics and trainer.rank == 0:
-        print(json.dumps(metrics))
+    if trainer.rank == 0:
+        out = Path(args.out)
+        final = out / "final.pth"
+        result = {"step": trainer.step, "last": str(out / "last.pth"),
+                  "final": str(final) if final.is_file() else None,
+                  "metrics": str(out / "metrics.jsonl"), "eval": metrics}
+        console.result(json.dumps(metrics) if metrics else
+                       f"trained to step {trainer.step}: {result['final'] or result['last']}")
+        console.write_json(result)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``m2det-train``."""
+    return run_cli(PROG, _train, argv)
 
 
 if __name__ == "__main__":

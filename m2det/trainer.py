@@ -9,12 +9,15 @@ count). The full state (model, optimizer, schedule, scaler, EMA, RNGs) goes in `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from m2det.augment import EvalTransform, TrainTransform
 from m2det.checkpoint import FORMAT, read_checkpoint
+from m2det.cli import parse_device, progress_bar, stderr_is_terminal
 from m2det.config import M2DetConfig
 from m2det.data import CocoDetection, VOCDetection, detection_collate
 from m2det.ema import WeightEMA
 from m2det.errors import M2DetError
-from m2det.io import atomic_torch_save
+from m2det.io import atomic_torch_save, atomic_write_bytes
 from m2det.loss import MultiBoxLoss
 from m2det.model import M2Det, build_model
 from m2det.nms import get_nms_params
@@ -150,6 +153,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :meth:`Trainer.fit` at a step boundary, after saving ``checkpoint`` (the
+    message says where the run resumes from)."""
+
+    def __init__(self, message: str, checkpoint: Path) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class _StopRequest:
+    """While active (main thread only): the first Ctrl-C (SIGINT) asks the training loop to stop
+    at the next step boundary; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def active(self, announce: bool) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            if announce:
+                start = "\n" if stderr_is_terminal() else ""  # below a progress bar
+                print(f"{start}m2det-train: stopping after this step (Ctrl-C again to stop now)",
+                      file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Trainer:
     """Trains one M2Det. ``fit()`` runs to ``options.epochs`` (or ``stop_at_step``), writing
     ``out/last.pth`` (full state, resumable), ``out/final.pth`` (weights + config) and
@@ -180,7 +226,8 @@ class Trainer:
                                     options.seed, self.rank, self.world)
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler,
                                  num_workers=options.workers, collate_fn=detection_collate,
-                                 persistent_workers=False)
+                                 persistent_workers=False,
+                                 worker_init_fn=_ignore_sigint if options.workers else None)
 
         torch.manual_seed(options.seed)
         self.model = build_model(config).to(self.device)
@@ -210,13 +257,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp
                                            and self.amp_dtype == torch.float16)
         self.step = 0  # optimizer steps taken
+        self.metrics_dropped = 0  # metrics.jsonl records past the resumed checkpoint, removed
         if resume is not None:
             self._resume(Path(resume))
 
     # -- setup ------------------------------------------------------------------------------
     def _device(self, device: str | None) -> torch.device:
         if device is not None:
-            return torch.device(device)
+            return parse_device(device)
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
@@ -306,6 +354,31 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.step = int(ckpt["step"])
         set_rng_state(ckpt["rng"])
+        if self.rank == 0:
+            self.metrics_dropped = self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> int:
+        """Bring ``metrics.jsonl`` back to ``step`` (the checkpoint a run resumes from): records
+        logged after it (the run went on past its last checkpoint, then died) and a line cut
+        short by a kill are removed, so the resumed run does not log those steps twice. Returns
+        how many records were removed."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+        return dropped
 
     # -- training ---------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -351,13 +424,43 @@ class Trainer:
         deadline = started + 60 * self.options.max_minutes
         out_of_time = False
         self.model.train()
-        while self.step < stop:
-            epoch, skip = divmod(self.step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch, skip)
-            bar = tqdm(total=min(len(self.sampler), stop - self.step), unit="it",
-                       desc=f"epoch {epoch + 1}/{self.options.epochs}", file=sys.stderr,
-                       disable=not self.options.progress or self.rank != 0)
-            window_start, window_images = time.perf_counter(), 0
+        with _StopRequest().active(announce=self.rank == 0) as ctrl_c:
+            while self.step < stop:
+                out_of_time = self._epoch(stop, deadline, started, ctrl_c) or out_of_time
+                if out_of_time:
+                    stop = self.step
+                finished_epoch = self.step % self.steps_per_epoch == 0
+                if finished_epoch or self.step >= stop or ctrl_c.requested:
+                    self.save()
+                if self._stopped(ctrl_c):
+                    self._raise_interrupted()
+                done = self.step // self.steps_per_epoch
+                if (finished_epoch or out_of_time) and self._eval_due(done, out_of_time):
+                    metrics = self.evaluate()
+                    self._log({"step": self.step, "epoch": round(self.step /
+                               self.steps_per_epoch, 4), "eval": metrics})
+                    self.model.train()
+                    if self._stopped(ctrl_c):  # Ctrl-C during the evaluation: last.pth is saved
+                        self._raise_interrupted()
+        if self.step >= total and self.rank == 0:
+            atomic_torch_save({"format": FORMAT, "model": self.deployed.state_dict(),
+                               "config": self.config.to_dict(), "step": self.step,
+                               "command": self.command, "eval": metrics},
+                              self.out / "final.pth")
+        if self.world > 1:
+            dist.barrier()
+        return metrics
+
+    def _epoch(self, stop: int, deadline: float, started: float, ctrl_c: _StopRequest) -> bool:
+        """Steps of the current epoch until its end, ``stop``, the deadline (returns True) or a
+        Ctrl-C (returns at that step boundary)."""
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch, skip)
+        bar = progress_bar(total=min(len(self.sampler), stop - self.step), unit="it",
+                           desc=f"epoch {epoch + 1}/{self.options.epochs}",
+                           enabled=self.options.progress and self.rank == 0)  # fmt: skip
+        window_start, window_images = time.perf_counter(), 0
+        try:
             for images, targets in self.loader:
                 terms = self.train_step(images, targets, self.step / self.steps_per_epoch)
                 window_images += images.shape[0] * self.world
@@ -374,28 +477,27 @@ class Trainer:
                         self.step % self.options.checkpoint_every == 0:
                     self.save()
                 if self.options.max_minutes and self._out_of_time(deadline):
-                    stop = self.step  # out of time: save and evaluate below, then end
-                    out_of_time = True
-                if self.step >= stop:
-                    break
+                    return True
+                if self.step >= stop or self._stopped(ctrl_c):
+                    return False
+            return False
+        finally:
             bar.close()
-            finished_epoch = self.step % self.steps_per_epoch == 0
-            if finished_epoch or self.step >= stop:
-                self.save()
-            done = self.step // self.steps_per_epoch
-            if (finished_epoch or out_of_time) and self._eval_due(done, out_of_time):
-                metrics = self.evaluate()
-                self._log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                           "eval": metrics})
-                self.model.train()
-        if self.step >= total and self.rank == 0:
-            atomic_torch_save({"format": FORMAT, "model": self.deployed.state_dict(),
-                               "config": self.config.to_dict(), "step": self.step,
-                               "command": self.command, "eval": metrics},
-                              self.out / "final.pth")
+
+    def _stopped(self, ctrl_c: _StopRequest) -> bool:
+        """True once Ctrl-C was pressed on any rank (all ranks stop at the same step)."""
+        flag = torch.tensor([float(ctrl_c.requested)])
         if self.world > 1:
-            dist.barrier()
-        return metrics
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        ctrl_c.requested = bool(flag.item())
+        return ctrl_c.requested
+
+    def _raise_interrupted(self) -> None:
+        path = self.out / "last.pth"
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written last.pth
+        raise TrainingInterrupted(f"stopped after step {self.step}; {path} holds it: continue "
+                                  f"with --resume {path}", path)
 
     def _out_of_time(self, deadline: float) -> bool:
         """Past ``deadline`` (rank 0's clock decides for every rank, so all stop together)."""

@@ -1,33 +1,13 @@
 #!/usr/bin/env bash
 # Compile-check the TensorRT plugin sources (warnings are errors) against TensorRT headers,
 # without TensorRT installed and without network access.
-#   usage: plugins/check_trt_headers.sh INCLUDE_DIR
-#          plugins/check_trt_headers.sh TENSORRT_GIT_DIR [REF]
-# INCLUDE_DIR holds NvInferRuntime.h.  TENSORRT_GIT_DIR is a clone or bare mirror of
-# NVIDIA/TensorRT: its HEAD headers are extracted by ../shared/tools/trt-headers.sh (override with
-# $TRT_HEADERS_TOOL), or those of REF (a tag such as v10.16) into ~/.cache/tensorrt-oss/REF.
-# Headers always stay outside this repository; the build goes to a temporary folder.
+#   usage: plugins/check_trt_headers.sh [INCLUDE_DIR | TENSORRT_GIT_DIR [REF]]
+# The headers are found by plugins/tensorrt_headers.sh (same arguments; none: $TENSORRT_INCLUDE_DIR
+# or the newest unpacked copy). They always stay outside this repository; the build goes to a
+# temporary folder.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-src=${1:?usage: check_trt_headers.sh INCLUDE_DIR | TENSORRT_GIT_DIR [REF]}
-ref=${2:-}
-
-if [ -f "$src/NvInferRuntime.h" ]; then
-  include=$src
-elif [ -n "$ref" ]; then
-  gitdir=$src
-  [ -d "$gitdir/objects" ] || gitdir="$src/.git"
-  out="${XDG_CACHE_HOME:-$HOME/.cache}/tensorrt-oss/$ref"
-  if [ ! -f "$out/include/NvInferRuntime.h" ]; then
-    mkdir -p "$out"
-    git --git-dir="$gitdir" archive "$ref" include | tar -x -C "$out"
-  fi
-  include="$out/include"
-else
-  tool=${TRT_HEADERS_TOOL:-$here/../../shared/tools/trt-headers.sh}
-  [ -x "$tool" ] || { echo "check_trt_headers: $tool not found (set TRT_HEADERS_TOOL)" >&2; exit 2; }
-  include=$("$tool" "$src")
-fi
+include=$("$here/tensorrt_headers.sh" "$@")
 
 version=$(sed -n 's/^#define \(TRT_\(MAJOR\|MINOR\|PATCH\)_ENTERPRISE\|NV_TENSORRT_\(MAJOR\|MINOR\|PATCH\)\) \([0-9][0-9]*\).*/\4/p' \
   "$include/NvInferVersion.h" | paste -sd.)

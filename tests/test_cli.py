@@ -148,7 +148,7 @@ def _write(path: Path, data: bytes | str) -> Path:
     ("empty_folder", "no images"),
     ("missing_ckpt", "checkpoint not found"),
     ("missing_input", "input not found"),
-    ("not_a_checkpoint", "cannot read checkpoint"),
+    ("not_a_checkpoint", "junk.pth: not a PyTorch checkpoint"),
     ("missing_argument", "the following arguments are required: --out"),
     ("bad_nms", "argument --nms: invalid choice"),
 ])  # fmt: skip
@@ -214,10 +214,14 @@ def test_run_cli_turns_user_errors_into_exit_2(capsys: pytest.CaptureFixture[str
     assert run_cli("m2det-x", lambda argv: 0, []) == 0
 
     def bug(argv: object) -> int:
-        raise ValueError("a bug keeps its traceback")
+        raise ValueError("a bug")
 
-    with pytest.raises(ValueError):
-        run_cli("m2det-x", bug, [])
+    assert run_cli("m2det-x", bug, []) == 3  # one line; the traceback only with --debug
+    assert capsys.readouterr().err == (
+        "m2det-x: internal error: ValueError: a bug (run with --debug for the traceback)\n")
+    assert run_cli("m2det-x", bug, ["--debug"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise ValueError("a bug")' in err
 
 
 # ----------------------------------------------------------------------------- console scripts

@@ -109,8 +109,8 @@ def test_fp16_file_runs_in_ort_within_tolerance(raw_path: Path, tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def calib(calib_dir: Path) -> np.ndarray:
-    images = load_calibration_images(calib_dir, 160, count=8)
-    assert images.shape == (4, 3, 160, 160)  # the .txt file is skipped
+    images = load_calibration_images(calib_dir, 160, count=4)
+    assert images.shape == (4, 3, 160, 160)  # the .txt file is not an image
     return images
 
 
@@ -219,8 +219,8 @@ def test_calibration_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(M2DetError, match="no images"):
         load_calibration_images(tmp_path, 160, 8)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(M2DetError, match="no readable images"):
-        load_calibration_images(tmp_path, 160, 8)
+    with pytest.raises(M2DetError, match="0 usable image.*broken.jpg .not a decodable image"):
+        load_calibration_images(tmp_path, 160, 1)
 
 
 def test_plugin_nms_graph_passes_checker_with_attributes_and_outputs(raw_path: Path) -> None:
@@ -327,12 +327,12 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     out = tmp_path / "out"
     rc = main(["--ckpt", str(ckpt), "--out", str(out), "--nms-graph", "soft", "--max-det", "50",
                "--engine"])  # fmt: skip
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "m2det_tiny.onnx", "m2det_tiny_export.json", "m2det_tiny_nms.onnx"]
     if not precision.tensorrt_usable():
-        assert sum("TensorRT is not installed" in line for line in stdout.splitlines()) == 1
+        assert captured.err.count("m2det-export: warning: TensorRT is not installed") == 1
     summary = json.loads((out / "m2det_tiny_export.json").read_text())
     assert summary["config"] == "m2det_tiny" and summary["batch"] == "dynamic"
     assert summary["parity"]["fp32_vs_torch"]["boxes_max"] < 1e-4
@@ -394,7 +394,7 @@ def test_cli_calibration_folder_without_images(content: str, ckpt_without_config
     rc = main(["--ckpt", str(ckpt_without_config), "--config", "m2det_tiny", "--int8", "--calib",
                str(calib), "--out", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2 and "no images" in _error_line(capsys)
-    assert not (tmp_path / "o" / "m2det_tiny.onnx").exists()  # failed before any export
+    assert not (tmp_path / "o").exists()  # failed before any export, nothing left behind
 
 
 def test_cli_int8_needs_calib_and_unwritable_output(ckpt_without_config: Path, tmp_path: Path,

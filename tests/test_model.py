@@ -109,7 +109,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path) -> None:
     with pytest.raises(M2DetError, match="does not fit this model: .*shape: ffm2"):
         load_model(tmp_path / "off.pth", cfg.replace(name="wider", planes=96))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(M2DetError, match="cannot read checkpoint"):
+    with pytest.raises(M2DetError, match="junk.pth: not a PyTorch checkpoint"):
         load_model(tmp_path / "junk.pth", "m2det_tiny")
     with pytest.raises(M2DetError, match="not found"):
         load_model(tmp_path / "missing.pth")

@@ -67,3 +67,33 @@ def test_wheel_adds_only_the_m2det_namespace(tmp_path: Path) -> None:
     targets = [line.split("=", 1)[1].strip() for line in entry_points.read_text().splitlines()
                if "=" in line]  # fmt: skip
     assert targets and all(t.startswith("m2det.") for t in targets), targets
+
+
+def test_no_extra_installs_two_onnx_runtimes() -> None:
+    """onnxruntime and onnxruntime-gpu install the same ``onnxruntime`` module over each other, and
+    ``nvidia-modelopt[onnx]`` requires onnxruntime-gpu on Linux x86-64: no combination of this
+    project's extras may name both runtimes, directly or through that extra."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+
+    def names(requirements: list[str], seen: frozenset[str] = frozenset()) -> set[str]:
+        found: set[str] = set()
+        for req in requirements:
+            name = re.split(r"[<>=!~; ]", req, maxsplit=1)[0].lower()
+            base, _, extra = name.partition("[")
+            if base == "m2det-deploy":  # an extra that includes other extras
+                for sub in extra.rstrip("]").split(","):
+                    if sub not in seen:
+                        found |= names(extras[sub], seen | {sub})
+            else:
+                found.add(name)
+        return found
+
+    every = names(project["dependencies"]) | names([r for e in extras.values() for r in e])
+    assert "nvidia-modelopt[onnx]" not in every
+    assert not {"onnxruntime", "onnxruntime-gpu"} <= every, sorted(every)
+    assert "onnxruntime" in names(extras["export"])

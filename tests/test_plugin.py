@@ -190,7 +190,7 @@ def test_libraries_and_their_dependencies(plugin_build: Build) -> None:
 def test_plugin_compiles_against_tensorrt_headers(plugin_build: Build) -> None:
     if plugin_build.trt_include is None:
         pytest.skip("no TensorRT headers: set TensorRT_INCLUDE_DIR or run "
-                    "shared/tools/trt-headers.sh on a NVIDIA/TensorRT git dir")
+                    "plugins/tensorrt_headers.sh on a NVIDIA/TensorRT git dir")
     plugin = plugin_build.dir / "libm2det_plugins.so"
     assert plugin.is_file(), f"plugin not built against {plugin_build.trt_include}"
     if shutil.which("readelf"):

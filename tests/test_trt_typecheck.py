@@ -8,7 +8,7 @@
   by checking that a wrong TensorRT call fails.
 * the C++ runtime (``engines/cpp``) compiles against TensorRT headers with ``-Wall -Wextra
   -Werror`` (``engines/cpp/check_compile.sh``; headers from ``$TensorRT_INCLUDE_DIR`` or
-  ``~/.cache/tensorrt-oss/*/include``, see ``shared/tools/trt-headers.sh``).
+  ``~/.cache/tensorrt-oss/*/include``, unpacked by ``plugins/tensorrt_headers.sh``).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_cpp_runtime_compiles_against_tensorrt_headers() -> None:
     include = _tensorrt_include_dir()
     if include is None:
         pytest.skip("no TensorRT headers: set TensorRT_INCLUDE_DIR or run "
-                    "shared/tools/trt-headers.sh on a clone of NVIDIA/TensorRT")  # fmt: skip
+                    "plugins/tensorrt_headers.sh on a clone of NVIDIA/TensorRT")  # fmt: skip
     has_cuda = shutil.which("nvcc") is not None or Path("/usr/local/cuda").is_dir()
     if shutil.which("cmake") is None or not has_cuda:
         pytest.skip("cmake or the CUDA toolkit is missing")

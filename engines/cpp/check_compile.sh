@@ -3,20 +3,13 @@
 # without libnvinfer: configures engines/cpp with -DM2DET_COMPILE_ONLY=ON (object libraries,
 # nothing is linked) and -Wall -Wextra -Werror on our targets, once with OpenCV (if found) and
 # once without.
-#   usage: engines/cpp/check_compile.sh [TENSORRT_INCLUDE_DIR]
-#   (default: $TensorRT_INCLUDE_DIR, else the first ~/.cache/tensorrt-oss/*/include, as written by
-#    shared/tools/trt-headers.sh). M2DET_CHECK_OPENCV="ON" or "OFF" checks one configuration only.
+#   usage: engines/cpp/check_compile.sh [INCLUDE_DIR | TENSORRT_GIT_DIR [REF]]
+#   (the headers are found by plugins/tensorrt_headers.sh: same arguments; none: $TENSORRT_INCLUDE_DIR
+#    or the newest unpacked copy). M2DET_CHECK_OPENCV="ON" or "OFF" checks one configuration only.
 #   Exit 0: clean; 1: errors or warnings; 3: no headers found.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-inc=${1:-${TensorRT_INCLUDE_DIR:-}}
-if [ -z "$inc" ]; then
-  inc=$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/tensorrt-oss/*/include 2>/dev/null | head -n 1 || true)
-fi
-if [ -z "$inc" ] || [ ! -f "$inc/NvInfer.h" ]; then
-  echo "check_compile: no TensorRT headers (pass a folder with NvInfer.h or set TensorRT_INCLUDE_DIR)" >&2
-  exit 3
-fi
+inc=$("$here/../../plugins/tensorrt_headers.sh" "$@") || exit 3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
