@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2det"
 #: The files whose TensorRT / CUDA usage is checked (ours + the runner base class).
 TRT_FILES = ("engines/builder.py", "engines/plugin_library.py", "engines/trt_version.py",
-             "engines/trt_runner.py", "engines/cuda_memory.py", "engines/base.py")  # fmt: skip
+             "engines/trt_target.py", "engines/trt_runner.py", "engines/cuda_memory.py",
+             "engines/base.py")  # fmt: skip
 STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi",
               "tensorrt_bindings/tensorrt.pyi")  # fmt: skip
 MYPY_INI = """[mypy]
