@@ -192,7 +192,7 @@ def build_plan(target: TrtTarget, onnx_path: Path, shapes: ProfileShapes, *,
     else:
         trt = target.module
 
-    logger = _collecting_logger(target, verbose)
+    logger = collecting_logger(target, verbose)
     builder = trt.Builder(logger)
     if plugin_lib is not None:
         register_plugin_library(builder.get_plugin_registry(), plugin_lib)
@@ -254,28 +254,38 @@ def _network_io(module: Any, network: tensorrt.INetworkDefinition) -> list[dict[
             + [entry(network.get_output(i), "output") for i in range(network.num_outputs)])
 
 
-def _collecting_logger(target: TrtTarget, verbose: bool) -> Any:
-    """An ``ILogger`` that keeps errors (for the one-line message) and prints warnings (and, with
-    ``verbose``, everything) to stderr."""
-    if TYPE_CHECKING:
-        import tensorrt as trt
-    else:
-        trt = target.module
-    severity = trt.ILogger.Severity
-    errors = (severity.INTERNAL_ERROR, severity.ERROR)
+#: One collecting logger per library and process: TensorRT keeps the logger of the first builder
+#: (or runtime) while any exists and ignores later ones, so every build reuses this one.
+_LOGGERS: dict[str, Any] = {}
 
-    class CollectingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
 
-        def log(self, level: tensorrt.ILogger.Severity, msg: str) -> None:
-            if level in errors:
-                self.errors.append(" ".join(msg.split()))
-            if verbose or level == severity.WARNING:
-                print(f"[{target.display}] {msg}", file=sys.stderr)
+def collecting_logger(target: TrtTarget, verbose: bool = False) -> Any:
+    """The process's ``ILogger`` for ``target``, reset for one build: it keeps errors (for the
+    one-line message) and prints warnings (and, with ``verbose``, everything) to stderr."""
+    logger = _LOGGERS.get(target.name)
+    if logger is None:
+        if TYPE_CHECKING:
+            import tensorrt as trt
+        else:
+            trt = target.module
+        severity = trt.ILogger.Severity
+        errors = (severity.INTERNAL_ERROR, severity.ERROR)
 
-    return CollectingLogger()
+        class CollectingLogger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+                self.verbose = False
+
+            def log(self, level: tensorrt.ILogger.Severity, msg: str) -> None:
+                if level in errors:
+                    self.errors.append(" ".join(msg.split()))
+                if self.verbose or level == severity.WARNING:
+                    print(f"[{target.display}] {msg}", file=sys.stderr)
+
+        logger = _LOGGERS[target.name] = CollectingLogger()
+    logger.errors, logger.verbose = [], verbose
+    return logger
 
 
 def _relevant(errors: list[str]) -> list[str]:
