@@ -38,6 +38,7 @@ from m2det.engines.cuda_memory import (
 )
 from m2det.engines.plan_sidecar import read_sidecar
 from m2det.engines.plugin_library import register_plugin_library, resolve_plugin_library
+from m2det.engines.trt_target import NAMES, TENSORRT, TENSORRT_RTX, plan_library
 from m2det.engines.trt_version import check_plan_version, require_tensorrt
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams, batched_nms
@@ -77,8 +78,9 @@ class TensorRTRunner(Runner):
         self.plan = Path(plan)
         if not self.plan.is_file():
             raise M2DetError(f"plan not found: {self.plan}")
-        installed = require_tensorrt()
         meta = read_sidecar(self.plan)
+        _refuse_other_runtime(self.plan, meta)
+        installed = require_tensorrt()
         check_plan_version(str(meta["tensorrt_version"]), installed,
                            version_compatible=bool(meta.get("version_compatible")),
                            plan=self.plan.name)  # fmt: skip
@@ -166,6 +168,19 @@ class TensorRTRunner(Runner):
         dets = batched_nms(boxes, scores, self.nms)
         self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
         return dets
+
+
+def _refuse_other_runtime(plan: Path, meta: dict[str, Any]) -> None:
+    """One line for a plan this runner's library cannot load: one built by TensorRT-RTX (sidecar
+    ``library``, or TensorRT-RTX's first bytes when a sidecar was copied onto another plan)."""
+    with open(plan, "rb") as f:
+        built_by = plan_library(f.read(8)) or meta.get("library", TENSORRT)
+    if built_by != TENSORRT:
+        version = meta.get("library_version") if meta.get("library") == built_by else None
+        raise M2DetError(f"{plan.name} was built by {NAMES.get(built_by, built_by)}"
+                         f"{' ' + version if version else ''} (m2det-build --target {built_by}); "
+                         f"the TensorRT runtime cannot load it: run it with {NAMES[TENSORRT_RTX]}"
+                         f"'s runtime or rebuild it with m2det-build --target {TENSORRT}")
 
 
 def _differs(a: NMSParams, b: NMSParams) -> bool:

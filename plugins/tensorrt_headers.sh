@@ -9,6 +9,10 @@
 #   plugins/tensorrt_headers.sh GIT_DIR [REF]     a clone or bare mirror of github.com/NVIDIA/TensorRT:
 #                                                 its include/ at REF (default HEAD) is unpacked once
 #                                                 into ${XDG_CACHE_HOME:-~/.cache}/tensorrt-oss/<commit>
+#   plugins/tensorrt_headers.sh GIT_DIR REF:PATH  the headers in folder PATH of REF of any git dir, e.g.
+#                                                 TensorRT-RTX's in a clone of rustnn/trtx-rs:
+#                                                 HEAD:trtx-sys/TensorRT-Headers/TRT-RTX-1.6, unpacked once
+#                                                 into ${XDG_CACHE_HOME:-~/.cache}/tensorrt-rtx/<PATH's last part>
 #
 # The headers are NVIDIA's and stay outside this repository. Exit 0 with the folder on stdout;
 # exit 2 with one line on stderr when no headers can be found.
@@ -17,14 +21,16 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/tensorrt-oss"
 
 fail() { echo "tensorrt_headers: $*" >&2; exit 2; }
 
-trt_version() {  # "11.1.0" from NvInferVersion.h (TensorRT 10 and 11 spell the macros differently)
-  awk '/^#define (NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)(_ENTERPRISE)? [0-9]+/ { v[$2] = $3 }
+trt_version() {  # "11.1.0" from NvInferVersion.h (TensorRT 10, 11 and RTX spell the macros differently)
+  awk '/^#define (NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)(_ENTERPRISE|_RTX)? [0-9]+/ { v[$2] = $3 }
        END { for (k in v) if (k ~ /MAJOR/) M = v[k]; else if (k ~ /MINOR/) m = v[k]; else p = v[k];
              if (M != "") printf "%s.%s.%s", M, m, p }' "$1/NvInferVersion.h" 2>/dev/null || true
 }
 
 report() {  # the folder on stdout, what it is on stderr
-  echo "tensorrt_headers: TensorRT $(trt_version "$1") headers in $1" >&2
+  local library=TensorRT
+  grep -q '^#define TRT_MAJOR_RTX' "$1/NvInferVersion.h" 2>/dev/null && library=TensorRT-RTX
+  echo "tensorrt_headers: $library $(trt_version "$1") headers in $1" >&2
   echo "$1"
 }
 
@@ -47,6 +53,23 @@ if [ -f "$source_dir/NvInfer.h" ]; then
 fi
 gitdir=$source_dir
 [ -d "$gitdir/.git" ] && gitdir="$gitdir/.git"
+if [[ "$ref" == *:* ]]; then  # REF:PATH - a header folder anywhere in a repository
+  path=${ref#*:}
+  path=${path%/}
+  dest="${XDG_CACHE_HOME:-$HOME/.cache}/tensorrt-rtx/$(basename "$path")/include"
+  if [ ! -f "$dest/NvInfer.h" ]; then
+    git --git-dir="$gitdir" cat-file -e "${ref%%:*}:$path/NvInfer.h" 2>/dev/null \
+      || fail "$source_dir has no $path/NvInfer.h at ${ref%%:*}"
+    tmp=$(mktemp -d "$dest.tmp.XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$dest")"; mktemp -d "$dest.tmp.XXXXXX"; })
+    trap 'rm -rf "$tmp"' EXIT
+    git --git-dir="$gitdir" archive "${ref%%:*}" "$path" \
+      | tar -x -C "$tmp" --strip-components="$(tr -cd / <<<"$path/" | wc -c)"
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+    trap - EXIT
+  fi
+  report "$dest"; exit 0
+fi
 commit=$(git --git-dir="$gitdir" rev-parse --verify -q "$ref^{commit}" 2>/dev/null) \
   || fail "$source_dir is neither a folder with NvInfer.h nor a git directory with $ref"
 dest="$cache/${commit:0:8}"

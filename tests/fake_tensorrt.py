@@ -34,6 +34,11 @@ def fake_tensorrt(version: str) -> types.ModuleType:
             ours = (name, version) == (PLUGIN_NAME, "1")
             return object() if calls["loaded"] and ours else None
 
+        @property
+        def all_creators(self) -> list[Any]:
+            creator = ns(name=PLUGIN_NAME, plugin_version="1", plugin_namespace="")
+            return [creator] if calls["loaded"] else []
+
         def load_library(self, path: str) -> object:
             calls["loaded"].append(path)
             return object()
@@ -82,9 +87,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         def get_plugin_registry(self) -> Registry:
             return Registry()
 
-        def create_network(self, flags: int) -> object:
+        def create_network(self, flags: int) -> Network:
             calls["network_flags"] = flags
-            return object()
+            return Network()
 
         def create_builder_config(self) -> Config:
             calls["config"] = Config()
@@ -100,13 +105,44 @@ def fake_tensorrt(version: str) -> types.ModuleType:
             monitor.phase_finish("Building")
             return b"PLAN-BYTES"
 
+    class Network:
+        """The parsed network: the ONNX file's inputs and outputs (dynamic dims -1)."""
+
+        def __init__(self) -> None:
+            self.inputs: list[Any] = []
+            self.outputs: list[Any] = []
+            self.num_inputs = self.num_outputs = 0
+
+        def get_input(self, i: int) -> Any:
+            return self.inputs[i]
+
+        def get_output(self, i: int) -> Any:
+            return self.outputs[i]
+
+    def tensor(v: Any) -> Any:
+        from onnx import helper
+
+        dims = [d.dim_value or -1 for d in v.type.tensor_type.shape.dim]
+        elem = v.type.tensor_type.elem_type or 1
+        return ns(name=v.name, dtype=helper.tensor_dtype_to_np_dtype(elem), shape=dims)
+
     class Parser:
-        def __init__(self, network: object, logger: Any) -> None:
-            self.num_errors = 0
+        def __init__(self, network: Network, logger: Any) -> None:
+            self.num_errors, self.network, self.logger = 0, network, logger
 
         def parse_from_file(self, path: str) -> bool:
+            import onnx
+
             self.num_errors = 2 if "broken" in path else 0
-            return self.num_errors == 0
+            if self.num_errors:
+                self.logger.log(Severity.ERROR, f"{PLUGIN_NAME}: sigma must be > 0")
+                return False
+            graph = onnx.load(path).graph
+            net = self.network
+            net.inputs = [tensor(v) for v in graph.input]
+            net.outputs = [tensor(v) for v in graph.output]
+            net.num_inputs, net.num_outputs = len(net.inputs), len(net.outputs)
+            return True
 
         def get_error(self, i: int) -> Any:
             return ns(desc=lambda: "Unsupported\n op", node_name=lambda: "/nms/X", node=lambda: 7,
@@ -116,13 +152,22 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         def __init__(self) -> None:
             pass
 
+    Severity = ns(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)  # noqa: N806
+
+    class ILogger:
+        def __init__(self) -> None:
+            pass
+
+    ILogger.Severity = Severity  # type: ignore[attr-defined]
+
     trt.__dict__.update(
         __version__=version, Builder=Builder, OnnxParser=Parser, IProgressMonitor=IProgressMonitor,
-        Logger=type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda self, s: None,
-                                   "log": lambda self, s, m: None}),
+        ILogger=ILogger, Logger=type("Logger", (), {"WARNING": 2, "VERBOSE": 4,
+                                                    "__init__": lambda self, s: None,
+                                                    "log": lambda self, s, m: None}),
         BuilderFlag=ns(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE"),
         NetworkDefinitionCreationFlag=ns(STRONGLY_TYPED=1), MemoryPoolType=ns(WORKSPACE="WS"),
-        Dims=list, calls=calls,
+        Dims=list, nptype=lambda dt: dt, calls=calls,
     )  # fmt: skip
     return trt
 

@@ -1,8 +1,10 @@
 """TensorRT builder and runner.
 
 CPU tests (always run): batch profiles, the plan/TensorRT version rule, ONNX inspection (ours or
-not, raw or NMS graph), the sidecar, and the one-line exit-2 errors of ``m2det-build`` and the
-runner when TensorRT, a GPU or the right file is missing.
+not, raw or NMS graph), the sidecar, the build target (tensorrt / tensorrt-rtx) and its options,
+the builder's logic against a TensorRT stand-in (``fake_tensorrt.py``), and the one-line exit-2
+errors of ``m2det-build`` and the runner when TensorRT, a GPU or the right file is missing. Real
+TensorRT-RTX builds are in ``test_trt_rtx_build.py`` and ``test_trt_rtx_plugin.py``.
 
 ``@pytest.mark.trt`` tests (``pytest -m trt``) need the real TensorRT package and a GPU: they
 export ``m2det_tiny`` (raw graph, and the soft-NMS plugin graph when the plugin library can be
@@ -31,6 +33,13 @@ from m2det.engines.build_cli import main as build_main
 from m2det.engines.onnx_info import file_sha256, inspect_onnx
 from m2det.engines.plan_sidecar import read_sidecar, sidecar_path
 from m2det.engines.plugin_library import resolve_plugin_library
+from m2det.engines.trt_target import (
+    TENSORRT,
+    TENSORRT_RTX,
+    TrtTarget,
+    parse_compute_capabilities,
+    resolve_target,
+)
 from m2det.engines.trt_version import check_plan_version, require_tensorrt
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
@@ -66,9 +75,12 @@ def _tiny_onnx(path: Path, *, metadata: bool = True, input_name: str = "images",
     return path
 
 
-def _no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``import tensorrt`` give what ``tensorrt-stubs`` alone installs: an empty package."""
+def _no_tensorrt(monkeypatch: pytest.MonkeyPatch, rtx: bool = False) -> None:
+    """Make ``import tensorrt`` give what ``tensorrt-stubs`` alone installs: an empty package;
+    ``import tensorrt_rtx`` fail too unless ``rtx``."""
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    if not rtx:
+        monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # None: ImportError
 
 
 def _one_error_line(err: str, prog: str) -> str:
@@ -133,12 +145,75 @@ def test_plan_version_rule() -> None:
         check_plan_version("10.16.1.11", "11.1.0.106", version_compatible=True)
 
 
-def test_network_flags_strongly_typed_only_on_trt10(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("tensorrt")
-    fake.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    assert builder.network_flags("10.13.0.35") == 1 << 3
-    assert builder.network_flags("11.1.0.106") == 0
+def test_network_flags_strongly_typed_only_on_trt10() -> None:
+    fake = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace(
+        STRONGLY_TYPED=3))  # fmt: skip
+    assert TrtTarget(TENSORRT, fake, "10.13.0.35").network_flags() == 1 << 3
+    assert TrtTarget(TENSORRT, fake, "11.1.0.106").network_flags() == 0
+    assert TrtTarget(TENSORRT_RTX, fake, "1.7.1.116").network_flags() == 0  # always strong
+
+
+def test_target_resolution(monkeypatch: pytest.MonkeyPatch, fake_trt: Any) -> None:
+    fake_trt("10.13.0.35")
+    assert resolve_target(None).name == TENSORRT  # TensorRT first when both could be there
+    rtx = types.ModuleType("tensorrt_rtx")
+    rtx.__dict__.update(__version__="1.7.1.116", Builder=object)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    target = resolve_target(TENSORRT_RTX)
+    assert (target.name, target.version, target.rtx, target.display) == (
+        TENSORRT_RTX, "1.7.1.116", True, "TensorRT-RTX")
+    _no_tensorrt(monkeypatch, rtx=True)
+    assert resolve_target(None).name == TENSORRT_RTX  # the one installed
+    with pytest.raises(M2DetError, match=r"^TensorRT is not installed: pip install "):
+        resolve_target(TENSORRT)
+    _no_tensorrt(monkeypatch)
+    with pytest.raises(M2DetError) as e:
+        resolve_target(None)
+    assert "neither TensorRT nor TensorRT-RTX" in str(e.value) and "\n" not in str(e.value)
+    assert "m2det-deploy[trt]" in str(e.value) and "m2det-deploy[trt-rtx]" in str(e.value)
+    with pytest.raises(M2DetError, match="unknown target"):
+        resolve_target("tensorrt-llm")
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ("86,89,120", ("8.6", "8.9", "12.0")), ("12.0,8.6", ("8.6", "12.0")), ("75", ("7.5",)),
+    (" 121, 80 ,80", ("8.0", "12.1")), (["8.9"], ("8.9",)),
+])  # fmt: skip
+def test_compute_capabilities_parse(spec: Any, want: tuple[str, ...]) -> None:
+    assert parse_compute_capabilities(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["90", "9.0", "100", "sm86", "", "8"])
+def test_compute_capabilities_reject(spec: str) -> None:
+    with pytest.raises(M2DetError, match="valid: 75, 80, 86, 89, 120, 121"):
+        parse_compute_capabilities(spec)
+
+
+def test_target_options() -> None:
+    trt, rtx = TrtTarget(TENSORRT, None, "10.13.0.35"), TrtTarget(TENSORRT_RTX, None, "1.7.1.116")
+    assert builder._target_options(rtx, None, None, False) == ("8.6", "8.9", "12.0")
+    assert builder._target_options(rtx, "75,86", None, False) == ("7.5", "8.6")
+    assert builder._target_options(trt, None, "cache", True) == ()
+    for target, args, match in [(trt, ("86", None, False), "is for --target tensorrt-rtx"),
+                                (rtx, (None, None, True), "no version-compatible plans"),
+                                (rtx, (None, "c", False), "no timing cache")]:  # fmt: skip
+        with pytest.raises(M2DetError, match=match):
+            builder._target_options(target, *args)
+
+
+def test_build_error_lines() -> None:
+    rtx, path = TrtTarget(TENSORRT_RTX, None, "1.7.1.116"), Path("m_onnxnms.onnx")
+    cuda = "[checkMacros.cpp::catchCudaError::250] Error Code 1: Cuda Runtime (cudaError 35)"
+    nms = ("[tacticSupply.cpp::getSupportedFormats::48] Error Code 2: Internal Error (Assertion "
+           "!layerImpls.empty() failed. /nms/NonMaxSuppression_8_550 has no runners that "
+           "implement it In getSupportedFormats at tacticSupply.cpp:48)")
+    line = str(builder._build_error(rtx, path, contract.GRAPH_NMS_ONNX, [cuda, nms]))
+    assert line.startswith("m_onnxnms.onnx: TensorRT-RTX 1.7.1.116 cannot build ONNX NonMax")
+    assert "/nms/NonMaxSuppression_8_550" in line and "--nms-graph hard" in line
+    line = str(builder._build_error(rtx, path, contract.GRAPH_RAW, [cuda, "bad shape"]))
+    assert line == "TensorRT-RTX failed to build m_onnxnms.onnx: bad shape"  # CUDA noise dropped
+    line = str(builder._build_error(rtx, path, contract.GRAPH_RAW, []))
+    assert "--verbose" in line
 
 
 # --------------------------------------------------------------------------- CPU: ONNX inspection
@@ -193,7 +268,23 @@ def test_build_cli_without_tensorrt_exits_2(tmp_path: Path, capsys: pytest.Captu
     path = _tiny_onnx(tmp_path / "raw.onnx")
     assert build_main(["--onnx", str(path), "--batch", "1:2:4"]) == 2
     line = _one_error_line(capsys.readouterr().err, "m2det-build")
-    assert "TensorRT is not installed" in line
+    assert "neither TensorRT nor TensorRT-RTX is installed" in line
+    assert "pip install 'm2det-deploy[trt]'" in line and "m2det-deploy[trt-rtx]" in line
+    assert build_main(["--onnx", str(path), "--target", "tensorrt-rtx"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert "TensorRT-RTX is not installed: pip install 'm2det-deploy[trt-rtx]'" in line
+    assert not (tmp_path / "raw.plan").exists()
+
+
+def test_build_cli_target_options_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         fake_trt: Any) -> None:
+    fake_trt("10.13.0.35")
+    path = _tiny_onnx(tmp_path / "raw.onnx")
+    assert build_main(["--onnx", str(path), "--target", "tensorrt", "--compute-capability",
+                       "86"]) == 2  # fmt: skip
+    assert "--compute-capability is for" in _one_error_line(capsys.readouterr().err, "m2det-build")
+    assert build_main(["--onnx", str(path), "--target", "onnxruntime"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "raw.plan").exists()
 
 
@@ -291,7 +382,12 @@ def test_build_engine_logic(tmp_path: Path, fake_trt: Any) -> None:
     assert cache.read_bytes() == b"CACHEold"  # loaded, then saved
     meta = read_sidecar(plan)
     assert meta["tensorrt_version"] == "10.13.0.35" and meta["precision"] == "fp16"
+    assert (meta["library"], meta["library_version"]) == ("tensorrt", "10.13.0.35")
     assert meta["gpu"] == {"name": "Fake GPU", "compute_capability": "9.0"}
+    assert meta["compute_capabilities"] == ["9.0"]  # the build GPU's
+    assert [(t["name"], t["mode"], t["dtype"], t["shape"]) for t in meta["io"]] == [
+        ("images", "input", "float32", [-1, 3, S, S]),
+        *[(n, "output", "float32", []) for n in contract.NMS_OUTPUTS]]  # as the stand-in parsed
     assert meta["graph"] == "nms-plugin" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert meta["plugin"]["library"] == str(lib.resolve()) and not meta["version_compatible"]
     assert meta["source_onnx"]["sha256"] == file_sha256(onnx_path)
@@ -321,7 +417,9 @@ def test_build_engine_errors(tmp_path: Path, fake_trt: Any, capsys: pytest.Captu
     broken = _tiny_onnx(tmp_path / "broken.onnx")
     assert build_main(["--onnx", str(broken), "--timing-cache", str(tmp_path / "c")]) == 2
     line = _one_error_line(capsys.readouterr().err, "m2det-build")
-    assert f"node /nms/X ({contract.PLUGIN_NAME}): Unsupported op; 1 more error(s)" in line
+    assert line.endswith(f"TensorRT cannot parse broken.onnx: node /nms/X ({contract.PLUGIN_NAME}"
+                         f"): Unsupported op ({contract.PLUGIN_NAME}: sigma must be > 0); 1 more "
+                         "error(s)")  # the plugin's own reason, from the log
     monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
     monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "nowhere"))
     nms = _tiny_onnx(tmp_path / "nms.onnx", nms=NMSParams(max_detections=9))
@@ -332,6 +430,23 @@ def test_build_engine_errors(tmp_path: Path, fake_trt: Any, capsys: pytest.Captu
 
 # --------------------------------------------------------------------------- CPU: runner data flow
 # --------------------------------------------------------------------------- CPU: runner data flow
+
+def test_runner_refuses_tensorrt_rtx_plans(tmp_path: Path, fake_gpu: Any) -> None:
+    from m2det.engines.trt_runner import TensorRTRunner
+
+    plan = _sidecar(tmp_path, library="tensorrt-rtx", library_version="1.7.1.116",
+                    tensorrt_version=None)  # fmt: skip
+    with pytest.raises(M2DetError) as e:
+        TensorRTRunner(plan, NMSParams())
+    line = str(e.value)
+    assert line.startswith("m.plan was built by TensorRT-RTX 1.7.1.116 (m2det-build --target "
+                           "tensorrt-rtx); the TensorRT runtime cannot load it")
+    assert "\n" not in line and "--target tensorrt" in line
+    plan = _sidecar(tmp_path)  # a TensorRT sidecar beside TensorRT-RTX's bytes
+    plan.write_bytes(b"vtrt\0\0\0\0" + b"\0" * 64)
+    with pytest.raises(M2DetError, match="m.plan was built by TensorRT-RTX \\(m2det-build"):
+        TensorRTRunner(plan, NMSParams())
+
 
 def test_runner_data_flow(tmp_path: Path, fake_gpu: Any) -> None:
     from m2det.engines.trt_runner import TensorRTRunner
