@@ -34,6 +34,13 @@ PRECISIONS: Final = ("fp32", "fp16", "int8")
 PLUGIN_NAME: Final = "M2Det_SoftNMS_TRT"  # TensorRT plugin name = the ONNX node's op type
 PLUGIN_VERSION: Final = "1"
 PLUGIN_NAMESPACE: Final = ""
+#: ONNX domain of the plugin node (declared in the file's ``opset_import`` at version
+#: PLUGIN_DOMAIN_VERSION), so that ``onnx.checker`` in any process accepts the file: ops of the
+#: default domain must be registered ONNX ops. TensorRT's parser finds the plugin by op type,
+#: ``plugin_version`` and ``plugin_namespace`` attributes (export/README.md); the C++ side never
+#: sees the domain.
+PLUGIN_DOMAIN: Final = "m2det"
+PLUGIN_DOMAIN_VERSION: Final = 1
 #: The node's attributes (= ``m2det.nms.NMSParams`` fields), by ONNX attribute type.
 PLUGIN_FLOAT_ATTRIBUTES: Final = ("score_threshold", "iou_threshold", "sigma", "min_score")
 PLUGIN_INT_ATTRIBUTES: Final = ("method", "max_candidates", "keep_per_class", "max_detections")
