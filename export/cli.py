@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_mutually_exclusive_group()
     b.add_argument("--batch", type=int, metavar="N", help="fixed batch size N")
     b.add_argument("--dynamic", action="store_true", help="dynamic batch dimension (default)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the FP32 graph (>= 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset of every file, 17..20 (default: 17, and 19 for ModelOpt's "
+                        "INT8 file, the least it writes)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="max |ORT - PyTorch| / max(1, |PyTorch|) of boxes and scores "
                         f"(default {DEFAULT_TOLERANCE})")

@@ -40,7 +40,17 @@ from m2det.config import M2DetConfig
 from m2det.errors import M2DetError
 from m2det.export import nms_graph, precision
 from m2det.export.calibration import CALIB_METHODS, load_calibration_images
-from m2det.export.onnx_export import OPSET, check_model, export_raw, save_model, set_metadata
+from m2det.export.onnx_export import (
+    MAX_OPSET,
+    MODELOPT_INT8_MIN_OPSET,
+    OPSET,
+    check_model,
+    export_raw,
+    prune_unused_initializers,
+    save_model,
+    set_metadata,
+)
+from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS
 from m2det.export.parity import compare_onnx, compare_with_torch, random_images
 from m2det.io import atomic_write_json
 from m2det.model import M2DetInference
@@ -53,6 +63,8 @@ NMS_GRAPHS = ("none", "soft", "hard", "onnx-hard")
 DEFAULT_TOLERANCE = 1e-4
 #: Images compared for the FP16/INT8 parity figures (calibration images for INT8).
 PARITY_IMAGES = 4
+#: How ONNX Runtime runs the files for every parity figure (m2det.export.ort_session).
+ORT_SETTING = "ORT_ENABLE_ALL without " + ", ".join(SPEC_DISABLED_OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -61,13 +73,15 @@ class ExportOptions:
     ``calib`` (a folder; ``calib_count`` images, a ``seed``-ed subset) or ``calib_images`` (already
     preprocessed [N,3,S,S] float32). ``nms_graph`` one of :data:`NMS_GRAPHS`; ``nms`` overrides
     the graph's NMS parameters (default: the ``official`` preset for soft, ``hard`` for the hard
-    kinds, K = 100). ``quiet`` silences ModelOpt's and the calibrators' own output."""
+    kinds, K = 100). ``opset`` None: opset 17 for every file but ModelOpt's INT8 ones (19, the
+    least ModelOpt writes); a number: every file at that opset, or an M2DetError before any work
+    when a tool cannot write it. ``quiet`` silences ModelOpt's and the calibrators' own output."""
 
     checkpoint: Path
     out: Path
     config: str | None = None
     batch: int | None = None
-    opset: int = OPSET
+    opset: int | None = None
     tolerance: float = DEFAULT_TOLERANCE
     fp16: bool = False
     int8: bool = False
@@ -85,8 +99,17 @@ class ExportOptions:
         """Raise M2DetError for an inconsistent set of options (before any work)."""
         if self.batch is not None and self.batch < 1:
             raise M2DetError(f"--batch must be >= 1, got {self.batch}")
-        if self.opset < OPSET:
-            raise M2DetError(f"--opset must be >= {OPSET}, got {self.opset}")
+        if self.opset is not None and not OPSET <= self.opset <= MAX_OPSET:
+            raise M2DetError(f"--opset must be {OPSET}..{MAX_OPSET} (the TorchScript exporter "
+                             f"supports opsets up to {MAX_OPSET}), got {self.opset}")  # fmt: skip
+        if (self.opset is not None and self.int8 and self.qdq_placement != "onnxruntime"
+                and self.opset < MODELOPT_INT8_MIN_OPSET):
+            raise M2DetError(f"--opset {self.opset} cannot be honoured for the INT8 file: ModelOpt "
+                             f"(--qdq-placement {self.qdq_placement}) writes Q/DQ at opset >= "
+                             f"{MODELOPT_INT8_MIN_OPSET}; pass --opset {MODELOPT_INT8_MIN_OPSET} "
+                             f"or {MAX_OPSET}, use --qdq-placement onnxruntime, or leave --opset "
+                             f"unset (the INT8 file is then opset {MODELOPT_INT8_MIN_OPSET}, the "
+                             f"others {OPSET})")  # fmt: skip
         if self.tolerance <= 0:
             raise M2DetError(f"--tolerance must be > 0, got {self.tolerance}")
         has_calib = self.calib is not None or self.calib_images is not None
@@ -103,6 +126,12 @@ class ExportOptions:
         if self.nms_graph not in NMS_GRAPHS:
             valid = ", ".join(NMS_GRAPHS)
             raise M2DetError(f"unknown NMS graph {self.nms_graph!r}; valid: {valid}")
+        if self.int8 and self.qdq_placement == "onnxruntime" and self.nms_graph in ("soft",
+                                                                                  "hard"):
+            raise M2DetError(f"--nms-graph {self.nms_graph} writes the TensorRT plugin node, and "
+                             "TensorRT does not take the uint8 activations of --qdq-placement "
+                             "onnxruntime (its parser: 'unsupported input type of UINT8'): use "
+                             "--nms-graph onnx-hard, or --qdq-placement tensorrt")  # fmt: skip
 
     def nms_params(self) -> NMSParams | None:
         """The NMS the graph gets, None for raw graphs only."""
@@ -120,6 +149,8 @@ class ExportedFile:
     bytes: int
     precision: str
     graph: str  # one of contract.GRAPH_KINDS, or "plan"
+    opset: int | None = None  # ONNX files: the default domain's opset
+    ir_version: int | None = None
 
 
 @dataclass
@@ -129,7 +160,7 @@ class ExportResult:
     config: str
     checkpoint: str
     batch: int | str
-    opset: int
+    opset: int | None  # as asked (None: per file kind; each file records its own)
     files: dict[str, ExportedFile] = field(default_factory=dict)
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
@@ -181,15 +212,19 @@ def export_model(options: ExportOptions,
 
     def write(key: str, model: onnx.ModelProto, prec: str, graph: str,
               extra: dict[str, Any] | None = None) -> Path:
+        prune_unused_initializers(model)
         set_metadata(model, cfg, prec, graph, batch, extra)
         check_model(model)
         path = out / f"{stem}{'' if key == 'fp32' else '_' + key}.onnx"
-        result.files[key] = ExportedFile(str(path), save_model(model, path), prec, graph)
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        result.files[key] = ExportedFile(str(path), save_model(model, path), prec, graph, opset,
+                                         model.ir_version)  # fmt: skip
         written[key] = model
         return path
 
-    raw = step("export", f"exporting {cfg.name} (opset {options.opset}, batch "
-               f"{batch or 'dynamic'})", lambda: export_raw(module, batch, options.opset))
+    opset = options.opset or OPSET
+    raw = step("export", f"exporting {cfg.name} (opset {opset}, batch {batch or 'dynamic'})",
+               lambda: export_raw(module, batch, opset))
     fp32_path = write("fp32", raw, "fp32", contract.GRAPH_RAW)
     batches = [batch] if batch else [1, 3]
     parity = step("parity", "ORT vs PyTorch parity",
@@ -215,7 +250,7 @@ def export_model(options: ExportOptions,
         with _silenced(options.quiet):
             i8 = step("int8", f"INT8 PTQ ({options.calib_method}, {len(calib)} images; {recipe})",
                       lambda: precision.to_int8(fp32_path, calib, options.calib_method,
-                                                options.qdq_placement))  # fmt: skip
+                                                options.qdq_placement, options.opset))  # fmt: skip
         q, dq = precision.count_qdq(i8)
         result.calibration = {
             "folder": None if options.calib is None else str(options.calib),
@@ -224,9 +259,17 @@ def export_model(options: ExportOptions,
         }  # fmt: skip
         n = batch or 1
         real = [calib[i:i + n] for i in range(0, n * PARITY_IMAGES, n) if i + n <= len(calib)]
-        p8 = compare_onnx(write("int8", i8, "int8", contract.GRAPH_RAW), fp32_path, real or probe)
-        result.parity["int8_vs_fp32"] = {**p8.to_dict(), "inputs": "calibration images"}
+        i8_path = write("int8", i8, "int8", contract.GRAPH_RAW)
+        p8 = compare_onnx(i8_path, fp32_path, real or probe)
+        result.parity["int8_vs_fp32"] = {**p8.to_dict(), "inputs": "calibration images",
+                                         "ort": ORT_SETTING}  # fmt: skip
         _log(log, f"[export] parity int8 vs fp32 (calibration images): {p8.line()}")
+        # what ONNX Runtime's full default optimizations do to the same file (not what TensorRT
+        # computes; m2det.export.ort_session)
+        shift = compare_onnx(i8_path, i8_path, real or probe, disabled_optimizers=())
+        result.parity["int8_ort_defaults_vs_int8"] = shift.to_dict()
+        _log(log, f"[export] int8 with ORT's default optimizations vs as specified: "
+                  f"{shift.line()}")
 
     if params is not None:
         result.nms = {"kind": options.nms_graph, **params.attributes()}
