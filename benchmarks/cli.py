@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--ckpt", type=Path, help="checkpoint (.pth)")
     one.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
     one.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
-    a.add_argument("--config", help="preset of a checkpoint that records none")
+    a.add_argument("--config", help="preset of a checkpoint that records none, or of an ONNX "
+                                    "file whose metadata was stripped")
     a.add_argument("--sweep", type=int_list, metavar="S,S,...",
                    help="input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
                         "size, or random weights (speed only) without --ckpt")  # fmt: skip
