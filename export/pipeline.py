@@ -209,6 +209,7 @@ def export_model(options: ExportOptions,
     result = ExportResult(cfg.name, str(options.checkpoint), batch or "dynamic", options.opset,
                           timings_s=step.timings, versions=_versions())  # fmt: skip
     written: dict[str, onnx.ModelProto] = {}
+    int8_meta: dict[str, Any] = {}
 
     def write(key: str, model: onnx.ModelProto, prec: str, graph: str,
               extra: dict[str, Any] | None = None) -> Path:
@@ -247,6 +248,7 @@ def export_model(options: ExportOptions,
     if options.int8:
         assert calib is not None
         recipe = "ONNX Runtime" if options.qdq_placement == "onnxruntime" else "ModelOpt"
+        int8_meta = {contract.META_QDQ_PLACEMENT: options.qdq_placement}
         with _silenced(options.quiet):
             i8 = step("int8", f"INT8 PTQ ({options.calib_method}, {len(calib)} images; {recipe})",
                       lambda: precision.to_int8(fp32_path, calib, options.calib_method,
@@ -259,7 +261,7 @@ def export_model(options: ExportOptions,
         }  # fmt: skip
         n = batch or 1
         real = [calib[i:i + n] for i in range(0, n * PARITY_IMAGES, n) if i + n <= len(calib)]
-        i8_path = write("int8", i8, "int8", contract.GRAPH_RAW)
+        i8_path = write("int8", i8, "int8", contract.GRAPH_RAW, int8_meta)
         p8 = compare_onnx(i8_path, fp32_path, real or probe)
         result.parity["int8_vs_fp32"] = {**p8.to_dict(), "inputs": "calibration images",
                                          "ort": ORT_SETTING}  # fmt: skip
@@ -278,8 +280,9 @@ def export_model(options: ExportOptions,
         graph = contract.GRAPH_NMS_ONNX if onnx_nms else contract.GRAPH_NMS_PLUGIN
         suffix = "onnxnms" if onnx_nms else "nms"
         for key in [k for k in contract.PRECISIONS if k in written]:
+            extra = {contract.META_NMS: params.attributes(), **(int8_meta if key == "int8" else {})}
             write(suffix if key == "fp32" else f"{key}_{suffix}", add(written[key], params), key,
-                  graph, {contract.META_NMS: params.attributes()})  # fmt: skip
+                  graph, extra)  # fmt: skip
 
     summary = out / f"{stem}_export.json"
     atomic_write_json(summary, result.to_json())

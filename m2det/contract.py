@@ -70,6 +70,9 @@ META_GRAPH: Final = "graph"  # one of GRAPH_KINDS
 META_BATCH: Final = "batch"  # an int or "dynamic"
 META_VERSION: Final = "version"  # m2det version that wrote the file
 META_NMS: Final = "nms"  # NMS attributes JSON (NMS graphs)
+#: INT8 files: the Q/DQ recipe (``--qdq-placement``): "tensorrt" | "cpu" (ModelOpt) |
+#: "onnxruntime" (ORT's quantizer: uint8 activations, int32 biases; TensorRT does not take it).
+META_QDQ_PLACEMENT: Final = "qdq_placement"
 
 #: ``format`` of the JSON sidecar written beside a TensorRT plan (``<plan>.json``).
 PLAN_SIDECAR_FORMAT: Final = "m2det-plan/1"

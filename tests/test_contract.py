@@ -46,6 +46,7 @@ EXPLICIT: dict[str, Any] = {
 PYTHON_ONLY: dict[str, str] = {
     "PLUGIN_DOMAIN": "ONNX node domain, written by the exporter; the C++ plugin never sees it",
     "PLUGIN_DOMAIN_VERSION": "ONNX opset_import version of PLUGIN_DOMAIN (exporter only)",
+    "META_QDQ_PLACEMENT": "ONNX metadata key read by Python loaders only",
 }
 #: Header macros that mirror no contract.py constant, each with the reason.
 HEADER_ONLY: dict[str, str] = {"M2DET_CONTRACT_H": "include guard"}
