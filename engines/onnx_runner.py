@@ -31,7 +31,7 @@ from m2det.engines.onnx_info import GraphFacts, graph_facts
 from m2det.errors import M2DetError
 from m2det.export.onnx_export import config_from_metadata, read_metadata
 from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS, ort_session
-from m2det.nms import NMSParams, batched_nms
+from m2det.nms import Method, NMSParams, batched_nms
 
 
 class OnnxRunner(Runner):
@@ -79,8 +79,8 @@ class OnnxRunner(Runner):
         if self.graph == contract.GRAPH_NMS_ONNX:  # what the graph actually does
             if contract.META_NMS in meta:
                 nms = NMSParams(**json.loads(meta[contract.META_NMS]))
-            elif facts.nms:
-                nms = dataclasses.replace(nms, **facts.nms)
+            elif facts.nms:  # an ONNX NMS graph is hard NMS by construction
+                nms = dataclasses.replace(nms, method=Method.HARD, **facts.nms)
         super().__init__(cfg, nms, precision=meta.get(contract.META_PRECISION, facts.precision))
         batch = meta.get(contract.META_BATCH)
         if batch is None:
