@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from m2det import contract
+from m2det.config import M2DetConfig, get_config
 from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
 from m2det.detections import Detections
-from m2det.config import M2DetConfig, get_config
 from m2det.engines.base import Runner, Timing, check_batch, now_ms
 from m2det.engines.onnx_info import GraphFacts, graph_facts
 from m2det.errors import M2DetError

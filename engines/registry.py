@@ -49,8 +49,9 @@ def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None
     """Construct the runner for ``artifact`` (not yet activated).
 
     ``config`` names the preset for checkpoints that record none, and for an ONNX file whose
-    metadata a tool stripped; for ONNX files and plans that record theirs it is only checked. ``fp16`` applies to checkpoints (CUDA autocast): an ONNX
-    file's or plan's precision is fixed when it is exported/built. ``kw`` goes to the runner.
+    metadata a tool stripped; for ONNX files and plans that record theirs it is only checked.
+    ``fp16`` applies to checkpoints (CUDA autocast): an ONNX file's or plan's precision is fixed
+    when it is exported/built. ``kw`` goes to the runner.
     """
     path = Path(artifact)
     suffix = path.suffix.lower()

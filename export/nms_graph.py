@@ -64,7 +64,8 @@ def _register_plugin_schema() -> None:
     attrs += [OpSchema.Attribute(n, A.STRING, n) for n in ("plugin_version", "plugin_namespace")]
     P = OpSchema.FormalParameter  # noqa: N806
     onnx.defs.register_schema(OpSchema(
-        PLUGIN_NAME, PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION, doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
+        PLUGIN_NAME, PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION,
+        doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
         inputs=[P(RAW_OUTPUTS[0], "tensor(float)"), P(RAW_OUTPUTS[1], "S")],
         outputs=[P(name, f"tensor({kind})") for name, kind in zip(
             NMS_OUTPUTS, ("int32", "float", "float", "int32"), strict=True)],
