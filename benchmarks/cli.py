@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--ckpt", type=Path, help="Checkpoint (.pth).")
     one.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
     one.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
-    a.add_argument("--config", help="Preset of a checkpoint that records none.")
+    a.add_argument("--config", help="Preset of a checkpoint that records none, or of an ONNX "
+                                    "file whose metadata was stripped.")
     a.add_argument("--sweep", type=int_list, metavar="S,S,...",
                    help="Input sizes of the VGG presets (320, 512, 800): --ckpt's weights at each "
                         "size, or random weights (speed only) without --ckpt.")  # fmt: skip

@@ -43,8 +43,9 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
     exclusive.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
     exclusive.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
-    group.add_argument("--config", help="Config preset of a checkpoint that records none "
-                                        "(checked against the recorded one otherwise).")
+    group.add_argument("--config", help="Config preset of a checkpoint that records none, or "
+                                        "of an ONNX file whose metadata was stripped (checked "
+                                        "against the recorded one otherwise).")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
     group.add_argument("--fp16", action="store_true",
                        help="Checkpoints on CUDA: autocast to FP16.")

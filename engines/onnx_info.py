@@ -112,3 +112,87 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What an M2Det ONNX graph says about itself without its metadata (which tools such as
+    ``polygraphy surgeon sanitize`` drop): ``input_size`` S and ``batch_dim`` (None: dynamic) of
+    ``images`` [B,3,S,S]; ``graph`` kind from the outputs (None when neither raw nor NMS);
+    ``num_classes``: foreground classes C of a raw graph's ``scores`` [B,A,C] (None for NMS
+    graphs); ``precision`` guessed from the ops (QuantizeLinear: int8, any float16 tensor: fp16);
+    ``nms``: what an ONNX NMS graph's constants fix (score/IoU thresholds, keep per class,
+    candidates per class, K)."""
+
+    input_size: int | None
+    batch_dim: int | None
+    outputs: tuple[str, ...]
+    graph: str | None
+    num_classes: int | None
+    precision: str
+    nms: dict[str, Any] | None
+
+
+def _shape(value: Any) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim]  # fmt: skip
+
+
+def graph_facts(model: Any) -> GraphFacts:
+    """Read :class:`GraphFacts` from an ``onnx.ModelProto`` (its graph only, never metadata)."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    shape = _shape(inputs[0]) if [v.name for v in inputs] == [contract.INPUT] else []
+    size = None
+    if len(shape) == 4 and shape[1] == 3 and shape[2] and shape[2] == shape[3]:
+        size = shape[2]
+    outputs = tuple(o.name for o in graph.output)
+    ops = {n.op_type for n in graph.node}
+    kind = None
+    if outputs == contract.RAW_OUTPUTS:
+        kind = contract.GRAPH_RAW
+    elif outputs == contract.NMS_OUTPUTS:
+        kind = (contract.GRAPH_NMS_PLUGIN if contract.PLUGIN_NAME in ops
+                else contract.GRAPH_NMS_ONNX)  # fmt: skip
+    classes = None
+    if kind == contract.GRAPH_RAW:
+        scores = _shape(graph.output[1])
+        classes = scores[2] if len(scores) == 3 else None
+    half = TensorProto.FLOAT16
+    fp16 = any(t.data_type == half for t in graph.initializer) or any(
+        v.type.tensor_type.elem_type == half for v in graph.value_info)
+    precision = "int8" if "QuantizeLinear" in ops else "fp16" if fp16 else "fp32"
+    nms = _onnx_nms_constants(model) if kind == contract.GRAPH_NMS_ONNX else None
+    return GraphFacts(size, shape[0] if shape else None, outputs, kind, classes, precision, nms)
+
+
+def _onnx_nms_constants(model: Any) -> dict[str, Any] | None:
+    """score_threshold, iou_threshold, keep_per_class of the NonMaxSuppression node, the first
+    TopK's k (max_candidates) and K (max_detections) of an ONNX NMS graph; None if absent."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nms = next((n for n in graph.node if n.op_type == "NonMaxSuppression"), None)
+    topk = next((n for n in graph.node if n.op_type == "TopK"), None)
+    if nms is None or len(nms.input) < 5 or not all(i in consts for i in nms.input[2:5]):
+        return None
+
+    def scalar(name: str) -> Any:
+        return consts[name].reshape(-1)[0]
+
+    def f32(name: str) -> float:  # the float32 in the graph, as its shortest decimal
+        return float(str(np.float32(scalar(name))))
+
+    out = {"keep_per_class": int(scalar(nms.input[2])), "iou_threshold": f32(nms.input[3]),
+           "score_threshold": f32(nms.input[4])}  # fmt: skip
+    if topk is not None and topk.input[1] in consts:
+        out["max_candidates"] = int(scalar(topk.input[1]))
+    k = _shape(graph.output[2])
+    if len(k) == 2 and k[1]:
+        out["max_detections"] = k[1]
+    return out

@@ -1,6 +1,11 @@
 """The ONNX Runtime runner: any file ``m2det-export`` writes (FP32/FP16/INT8, raw or NMS graph).
 
-Config, precision, graph kind and batch come from the file's ``m2det.*`` metadata. A raw graph's
+Config, precision, graph kind and batch come from the file's ``m2det.*`` metadata. When a tool
+dropped it (``polygraphy surgeon sanitize`` does), the graph itself gives the input size, batch,
+graph kind, class count, precision and an ONNX NMS graph's parameters, and ``config`` (a preset
+name, ``--config`` on the CLIs) gives the rest; without one, one line names what is missing.
+ONNX Runtime runs with ``m2det.export.ort_session``'s defaults (``WeightBiasQuantization`` off, so
+INT8 files give what the graph and TensorRT compute). A raw graph's
 ``boxes``/``scores`` go through the CPU reference NMS (``m2det.nms.batched_nms``) with the
 runner's ``nms`` parameters; an ONNX NMS graph's EfficientNMS-style outputs are returned as they
 are (its NMS parameters are the ones baked in at export, recorded in ``self.nms``). A plugin NMS
@@ -9,20 +14,24 @@ graph (``M2Det_SoftNMS_TRT``) needs TensorRT: this runner refuses it with one li
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from m2det import contract
+from m2det.config import M2DetConfig, get_config
 from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
 from m2det.detections import Detections
 from m2det.engines.base import Runner, Timing, check_batch, now_ms
+from m2det.engines.onnx_info import GraphFacts, graph_facts
 from m2det.errors import M2DetError
 from m2det.export.onnx_export import config_from_metadata, read_metadata
-from m2det.export.ort_session import ort_session
-from m2det.nms import NMSParams, batched_nms
+from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS, ort_session
+from m2det.nms import Method, NMSParams, batched_nms
 
 
 class OnnxRunner(Runner):
@@ -30,13 +39,19 @@ class OnnxRunner(Runner):
 
     ``providers``: ORT execution providers in priority order (default CPU); ones this onnxruntime
     build lacks are dropped (CPU is always last). ``threads``: intra-op threads (default: ORT's).
-    ``optimization``: ORT graph optimization level (disable|basic|extended|all).
+    ``optimization``: ORT graph optimization level (disable|basic|extended|all);
+    ``disabled_optimizers``: ORT transformers turned off (``()``: ORT's full defaults).
+    ``config``: the preset (name or config) for a file whose metadata was stripped; checked
+    against the graph (input size, classes). A file with metadata ignores it here (the registry
+    checks that it names the recorded one).
     """
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, nms: NMSParams, providers: list[str] | None = None, *,
-                 threads: int | None = None, optimization: str = "all") -> None:
+                 threads: int | None = None, optimization: str = "all",
+                 disabled_optimizers: Sequence[str] = SPEC_DISABLED_OPTIMIZERS,
+                 config: M2DetConfig | str | None = None) -> None:
         import onnx
 
         self.path = Path(path)
@@ -48,7 +63,11 @@ class OnnxRunner(Runner):
             raise M2DetError(f"{self.path} is not a readable ONNX file "
                              f"({type(e).__name__})") from None
         meta = read_metadata(model)
-        config = config_from_metadata(meta, str(self.path))
+        facts = graph_facts(model)
+        if contract.META_CONFIG in meta:
+            cfg = config_from_metadata(meta, str(self.path))
+        else:
+            cfg = _config_for_stripped(self.path, facts, config)
         if any(n.op_type == PLUGIN_NAME for n in model.graph.node):
             raise M2DetError(f"{self.path.name} contains the TensorRT plugin op {PLUGIN_NAME}, "
                              "which ONNX Runtime cannot run: build a plan with m2det-build, or "
@@ -57,15 +76,21 @@ class OnnxRunner(Runner):
         if outputs not in (RAW_OUTPUTS, NMS_OUTPUTS):
             raise M2DetError(f"{self.path.name}: unexpected outputs {outputs}")
         self.graph = contract.GRAPH_RAW if outputs == RAW_OUTPUTS else contract.GRAPH_NMS_ONNX
-        if self.graph == contract.GRAPH_NMS_ONNX and contract.META_NMS in meta:
-            # what the graph actually does
-            nms = NMSParams(**json.loads(meta[contract.META_NMS]))
-        super().__init__(config, nms, precision=meta.get(contract.META_PRECISION, "fp32"))
-        batch = meta.get(contract.META_BATCH, "dynamic")
-        self.fixed_batch = int(batch) if batch.isdigit() else None
+        if self.graph == contract.GRAPH_NMS_ONNX:  # what the graph actually does
+            if contract.META_NMS in meta:
+                nms = NMSParams(**json.loads(meta[contract.META_NMS]))
+            elif facts.nms:  # an ONNX NMS graph is hard NMS by construction
+                nms = dataclasses.replace(nms, method=Method.HARD, **facts.nms)
+        super().__init__(cfg, nms, precision=meta.get(contract.META_PRECISION, facts.precision))
+        batch = meta.get(contract.META_BATCH)
+        if batch is None:
+            self.fixed_batch = facts.batch_dim
+        else:
+            self.fixed_batch = int(batch) if batch.isdigit() else None
         self.providers = _available(providers or ["CPUExecutionProvider"])
         self.threads = threads
         self.optimization = optimization
+        self.disabled_optimizers = tuple(disabled_optimizers)
         self._session: Any = None
 
     @property
@@ -75,7 +100,8 @@ class OnnxRunner(Runner):
         return super().batch_range
 
     def activate(self) -> None:
-        self._session = ort_session(self.path, self.threads, self.providers, self.optimization)
+        self._session = ort_session(self.path, self.threads, self.providers, self.optimization,
+                                    self.disabled_optimizers)
 
     def deactivate(self) -> None:
         self._session = None
@@ -111,6 +137,30 @@ class OnnxRunner(Runner):
         outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))
         self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
         return Detections.from_nms_outputs(outputs)
+
+
+def _config_for_stripped(path: Path, facts: GraphFacts,
+                         config: M2DetConfig | str | None) -> M2DetConfig:
+    """The config of a file without ``m2det.*`` metadata: ``config`` (a preset), checked against
+    what the graph says; a one-line M2DetError naming the missing piece otherwise."""
+    if facts.input_size is None or facts.graph is None:
+        raise M2DetError(f"{path.name} has no m2det metadata and its graph is not an M2Det export "
+                         f"(input {contract.INPUT!r} [B,3,S,S] -> {list(contract.RAW_OUTPUTS)} or "
+                         f"{list(contract.NMS_OUTPUTS)}); got outputs {list(facts.outputs)}")
+    classes = "" if facts.num_classes is None else f", {facts.num_classes} classes"
+    if config is None:
+        raise M2DetError(f"{path.name} has no m2det metadata (a tool such as polygraphy surgeon "
+                         f"sanitize dropped it): pass --config NAME, the preset it was exported "
+                         f"from (its graph gives input {facts.input_size}x{facts.input_size}"
+                         f"{classes})")  # fmt: skip
+    cfg = get_config(config) if isinstance(config, str) else config
+    if cfg.input_size != facts.input_size:
+        raise M2DetError(f"{path.name} takes {facts.input_size}x{facts.input_size} images, config "
+                         f"{cfg.name!r} {cfg.input_size}x{cfg.input_size}")  # fmt: skip
+    if facts.num_classes is not None and facts.num_classes != cfg.num_classes - 1:
+        raise M2DetError(f"{path.name} scores {facts.num_classes} classes, config {cfg.name!r} "
+                         f"{cfg.num_classes - 1}")  # fmt: skip
+    return cfg
 
 
 def _available(providers: list[str]) -> list[str]:

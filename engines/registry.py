@@ -48,9 +48,10 @@ def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None
                 nms: NMSParams, device: str = "cpu", fp16: bool = False, **kw: Any) -> Runner:
     """Construct the runner for ``artifact`` (not yet activated).
 
-    ``config`` names the preset for checkpoints that record none; for ONNX files and plans (which
-    record theirs) it is only checked. ``fp16`` applies to checkpoints (CUDA autocast): an ONNX
-    file's or plan's precision is fixed when it is exported/built. ``kw`` goes to the runner.
+    ``config`` names the preset for checkpoints that record none, and for an ONNX file whose
+    metadata a tool stripped; for ONNX files and plans that record theirs it is only checked.
+    ``fp16`` applies to checkpoints (CUDA autocast): an ONNX file's or plan's precision is fixed
+    when it is exported/built. ``kw`` goes to the runner.
     """
     path = Path(artifact)
     suffix = path.suffix.lower()
@@ -73,7 +74,8 @@ def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None
     runner_cls = _import(module, cls_name, package)
     try:
         if suffixes == ONNX_SUFFIXES:
-            runner = runner_cls(path, nms, providers=_ort_providers(device), **kw)
+            runner = runner_cls(path, nms, providers=_ort_providers(device), config=config,
+                                **kw)  # config: used only when the file's metadata is stripped
         else:
             runner = runner_cls(path, nms=nms, **kw)
     except ModuleNotFoundError as e:  # backends may import their package on construction

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, metavar="N", help="Fixed batch size N.")
     b.add_argument("--dynamic", action="store_true",
                    help="Dynamic batch dimension (the default).")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the FP32 graph (>= 17).")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset of every file, 17 to 20 (default: 17, and 19 for ModelOpt's "
+                        "INT8 file, the least it writes).")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="Largest accepted |ORT - PyTorch| / max(1, |PyTorch|) of boxes and "
                         "scores.")  # fmt: skip

@@ -5,12 +5,16 @@ float32, ``detection_scores`` [B,K] float32, ``detection_classes`` [B,K] int32 (
 
 Two kinds:
 
-* **plugin** (:func:`add_plugin_nms`): one node ``M2Det_SoftNMS_TRT`` (domain "", attributes the 8
-  :meth:`NMSParams.attributes` plus ``plugin_version`` "1" and ``plugin_namespace`` ""). TensorRT's
-  ONNX parser imports an op it has no importer for from the plugin registry by op name, version
-  and namespace (TRT >= 10.10 also reads the namespace from the node's domain: "" either way).
-  ONNX Runtime cannot run it. Its schema is registered with ``onnx.defs`` here so the ONNX checker
-  validates the node (inputs, outputs, attribute names and types) instead of rejecting the op.
+* **plugin** (:func:`add_plugin_nms`): one node ``M2Det_SoftNMS_TRT`` in the domain
+  ``contract.PLUGIN_DOMAIN`` ("m2det", declared in ``opset_import``), attributes the 8
+  :meth:`NMSParams.attributes` plus ``plugin_version`` "1" and ``plugin_namespace`` "". An op of a
+  custom domain with no registered schema passes ``onnx.checker`` (full check) in any process; one
+  in the default domain fails everywhere but here. TensorRT's ONNX parser dispatches a node it has
+  no importer for to its plugin fallback by op type alone and looks the plugin up by op type,
+  ``plugin_version`` and ``plugin_namespace`` (newer parsers then retry with the domain as the
+  namespace); export/README.md cites the importer code. ONNX Runtime cannot run it. The schema is
+  also registered with ``onnx.defs`` in this process, so the exporter's own check validates the
+  node's inputs, outputs and attribute types.
 * **onnx-hard** (:func:`add_onnx_hard_nms`): standard ONNX ops (TopK, NonMaxSuppression, ScatterND,
   GatherElements; TensorRT maps NonMaxSuppression to its built-in NMS layer); runs anywhere.
   Exactly the reference hard NMS (``m2det.nms``, method 0) including ``max_candidates`` (a per
@@ -38,6 +42,8 @@ from onnx.defs import OpSchema
 from m2det.contract import (
     MAX_CANDIDATES,
     NMS_OUTPUTS,
+    PLUGIN_DOMAIN,
+    PLUGIN_DOMAIN_VERSION,
     PLUGIN_FLOAT_ATTRIBUTES,
     PLUGIN_INT_ATTRIBUTES,
     PLUGIN_NAME,
@@ -50,7 +56,7 @@ from m2det.nms import Method, NMSParams
 
 
 def _register_plugin_schema() -> None:
-    if onnx.defs.has(PLUGIN_NAME):
+    if onnx.defs.has(PLUGIN_NAME, PLUGIN_DOMAIN):
         return
     A = OpSchema.AttrType  # noqa: N806
     attrs = [OpSchema.Attribute(n, A.FLOAT, n) for n in PLUGIN_FLOAT_ATTRIBUTES]
@@ -58,7 +64,8 @@ def _register_plugin_schema() -> None:
     attrs += [OpSchema.Attribute(n, A.STRING, n) for n in ("plugin_version", "plugin_namespace")]
     P = OpSchema.FormalParameter  # noqa: N806
     onnx.defs.register_schema(OpSchema(
-        PLUGIN_NAME, "", 1, doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
+        PLUGIN_NAME, PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION,
+        doc="M2Det soft-NMS TensorRT plugin (plugins/soft_nms)",
         inputs=[P(RAW_OUTPUTS[0], "tensor(float)"), P(RAW_OUTPUTS[1], "S")],
         outputs=[P(name, f"tensor({kind})") for name, kind in zip(
             NMS_OUTPUTS, ("int32", "float", "float", "int32"), strict=True)],
@@ -112,8 +119,11 @@ def add_plugin_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProto:
     attrs: dict[str, Any] = {**params.attributes(), "plugin_version": PLUGIN_VERSION,
                              "plugin_namespace": PLUGIN_NAMESPACE}  # fmt: skip
     node = helper.make_node(PLUGIN_NAME, list(RAW_OUTPUTS), list(NMS_OUTPUTS),
-                            name="/nms/" + PLUGIN_NAME, **attrs)
-    return _replace_outputs(raw, [node], k)
+                            name="/nms/" + PLUGIN_NAME, domain=PLUGIN_DOMAIN, **attrs)
+    model = _replace_outputs(raw, [node], k)
+    if not any(o.domain == PLUGIN_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION))
+    return model
 
 
 def add_onnx_hard_nms(raw: onnx.ModelProto, params: NMSParams) -> onnx.ModelProto:

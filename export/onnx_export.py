@@ -32,7 +32,12 @@ from m2det.io import atomic_write_bytes
 from m2det.model import M2DetInference
 
 INPUT, RAW_OUTPUTS = contract.INPUT, contract.RAW_OUTPUTS
+#: Default opset of every file except ModelOpt's INT8 ones (:data:`MODELOPT_INT8_MIN_OPSET`).
 OPSET = 17
+#: Highest opset the TorchScript exporter supports (torch 2.13 warns "not supported" above it).
+MAX_OPSET = 20
+#: ModelOpt writes INT8 Q/DQ at opset >= 19 (it raises a lower target to 19).
+MODELOPT_INT8_MIN_OPSET = 19
 POSTPROCESS_PREFIX = "/postprocess/"
 #: Regex (ModelOpt's ``nodes_to_exclude`` syntax) matching every post-processing node.
 POSTPROCESS_PATTERN = r"^/postprocess/.*"
@@ -159,9 +164,43 @@ def config_from_metadata(meta: dict[str, str], source: str) -> M2DetConfig:
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """ONNX checker (full check) and strict shape inference; any failure is a bug in the export."""
+    """ONNX checker (full check), strict shape inference and no unused initializer (ONNX Runtime
+    warns about each one on every load); any failure is a bug in the export."""
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    unused = unused_initializers(model)
+    if unused:
+        raise RuntimeError(f"initializers no node reads: {unused[:5]} ({len(unused)} in all)")
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of ``graph`` (or of a subgraph of one) reads, plus its outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Names of the initializers that no node reads (nor any graph output is)."""
+    read = _names_read(model.graph)
+    return [t.name for t in model.graph.initializer if t.name not in read]
+
+
+def prune_unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Drop the initializers no node reads (in place; also from the graph inputs, where an old
+    IR lists them); returns their names."""
+    dead = set(unused_initializers(model))
+    if dead:
+        graph = model.graph
+        for field in (graph.initializer, graph.input):
+            keep = [t for t in field if t.name not in dead]
+            del field[:]
+            field.extend(keep)  # type: ignore[attr-defined]
+    return sorted(dead)
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> int:

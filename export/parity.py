@@ -4,6 +4,7 @@ against another (FP16/INT8 against FP32), as max/mean absolute differences of ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from m2det.contract import INPUT, RAW_OUTPUTS
-from m2det.export.ort_session import ort_session
+from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS, ort_session
 from m2det.model import M2DetInference
 
 
@@ -60,10 +61,13 @@ def compare_with_torch(path: str | Path, module: M2DetInference, batches: list[i
     return _parity(pairs, batches)
 
 
-def compare_onnx(path: str | Path, reference: str | Path, inputs: list[np.ndarray]) -> Parity:
+def compare_onnx(path: str | Path, reference: str | Path, inputs: list[np.ndarray],
+                 disabled_optimizers: Sequence[str] = SPEC_DISABLED_OPTIMIZERS) -> Parity:
     """Raw-graph outputs of ``path`` (e.g. the FP16/INT8 file) against ``reference`` (FP32), both
-    in ORT (CPU), one call per array of ``inputs`` ([B,3,S,S] each)."""
-    a, b = ort_session(path), ort_session(reference)
+    in ORT (CPU), one call per array of ``inputs`` ([B,3,S,S] each). ``reference`` always runs
+    with the ORT optimizers of :mod:`m2det.export.ort_session` turned off (what TensorRT and the
+    ONNX graph compute); ``disabled_optimizers`` is for ``path`` (``()``: ORT's full defaults)."""
+    a, b = ort_session(path, disabled_optimizers=disabled_optimizers), ort_session(reference)
     pairs: list[tuple[str, np.ndarray, np.ndarray]] = []
     for x in inputs:
         pairs += zip(RAW_OUTPUTS, a.run(list(RAW_OUTPUTS), {INPUT: x}),

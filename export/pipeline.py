@@ -19,6 +19,7 @@ Files (``<c>`` = config name, ``_b<N>`` added for a fixed batch):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -41,7 +42,17 @@ from m2det.config import M2DetConfig, get_config
 from m2det.errors import M2DetError
 from m2det.export import nms_graph, precision
 from m2det.export.calibration import CALIB_METHODS, read_calibration_images
-from m2det.export.onnx_export import OPSET, check_model, export_raw, save_model, set_metadata
+from m2det.export.onnx_export import (
+    MAX_OPSET,
+    MODELOPT_INT8_MIN_OPSET,
+    OPSET,
+    check_model,
+    export_raw,
+    prune_unused_initializers,
+    save_model,
+    set_metadata,
+)
+from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS
 from m2det.export.parity import compare_onnx, compare_with_torch, random_images
 from m2det.io import atomic_write_json
 from m2det.model import M2DetInference
@@ -58,6 +69,8 @@ PARITY_IMAGES = 4
 #: A warning is printed when the INT8 graph's scores differ from FP32's by more than this on the
 #: calibration images (a class probability moving by 0.2 can add or drop a detection).
 INT8_SCORE_WARNING = 0.2
+#: How ONNX Runtime runs the files for every parity figure (m2det.export.ort_session).
+ORT_SETTING = "ORT_ENABLE_ALL without " + ", ".join(SPEC_DISABLED_OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -66,15 +79,17 @@ class ExportOptions:
     ``calib`` (a folder; ``calib_count`` images, a ``seed``-ed subset) or ``calib_images`` (already
     preprocessed [N,3,S,S] float32). ``nms_graph`` one of :data:`NMS_GRAPHS`; ``nms`` overrides
     the graph's NMS parameters (default: the ``official`` preset for soft, ``hard`` for the hard
-    kinds, K = 100). ``quiet``: no status lines (the quantizers' own output is never shown).
-    ``int8_warning``: the INT8-vs-FP32 score difference on the calibration images above which
-    a warning is printed."""
+    kinds, K = 100). ``opset`` None: opset 17 for every file but ModelOpt's INT8 ones (19, the
+    least ModelOpt writes); a number: every file at that opset, or an M2DetError before any work
+    when a tool cannot write it. ``quiet``: no status lines (the quantizers' own output is never
+    shown). ``int8_warning``: the INT8-vs-FP32 score difference on the calibration images above
+    which a warning is printed."""
 
     checkpoint: Path
     out: Path
     config: str | None = None
     batch: int | None = None
-    opset: int = OPSET
+    opset: int | None = None
     tolerance: float = DEFAULT_TOLERANCE
     fp16: bool = False
     int8: bool = False
@@ -93,8 +108,17 @@ class ExportOptions:
         """Raise M2DetError for an inconsistent set of options (before any work)."""
         if self.batch is not None and self.batch < 1:
             raise M2DetError(f"--batch must be >= 1, got {self.batch}")
-        if self.opset < OPSET:
-            raise M2DetError(f"--opset must be >= {OPSET}, got {self.opset}")
+        if self.opset is not None and not OPSET <= self.opset <= MAX_OPSET:
+            raise M2DetError(f"--opset must be {OPSET}..{MAX_OPSET} (the TorchScript exporter "
+                             f"supports opsets up to {MAX_OPSET}), got {self.opset}")  # fmt: skip
+        if (self.opset is not None and self.int8 and self.qdq_placement != "onnxruntime"
+                and self.opset < MODELOPT_INT8_MIN_OPSET):
+            raise M2DetError(f"--opset {self.opset} cannot be honoured for the INT8 file: ModelOpt "
+                             f"(--qdq-placement {self.qdq_placement}) writes Q/DQ at opset >= "
+                             f"{MODELOPT_INT8_MIN_OPSET}; pass --opset {MODELOPT_INT8_MIN_OPSET} "
+                             f"or {MAX_OPSET}, use --qdq-placement onnxruntime, or leave --opset "
+                             f"unset (the INT8 file is then opset {MODELOPT_INT8_MIN_OPSET}, the "
+                             f"others {OPSET})")  # fmt: skip
         if self.tolerance <= 0:
             raise M2DetError(f"--tolerance must be > 0, got {self.tolerance}")
         has_calib = self.calib is not None or self.calib_images is not None
@@ -117,6 +141,12 @@ class ExportOptions:
         if self.nms_graph not in NMS_GRAPHS:
             valid = ", ".join(NMS_GRAPHS)
             raise M2DetError(f"unknown NMS graph {self.nms_graph!r}; valid: {valid}")
+        if self.int8 and self.qdq_placement == "onnxruntime" and self.nms_graph in ("soft",
+                                                                                  "hard"):
+            raise M2DetError(f"--nms-graph {self.nms_graph} writes the TensorRT plugin node, and "
+                             "TensorRT does not take the uint8 activations of --qdq-placement "
+                             "onnxruntime (its parser: 'unsupported input type of UINT8'): use "
+                             "--nms-graph onnx-hard, or --qdq-placement tensorrt")  # fmt: skip
 
     def nms_params(self) -> NMSParams | None:
         """The NMS the graph gets, None for raw graphs only."""
@@ -134,6 +164,8 @@ class ExportedFile:
     bytes: int
     precision: str
     graph: str  # one of contract.GRAPH_KINDS, or "plan"
+    opset: int | None = None  # ONNX files: the default domain's opset
+    ir_version: int | None = None
 
 
 @dataclass
@@ -143,7 +175,7 @@ class ExportResult:
     config: str
     checkpoint: str
     batch: int | str
-    opset: int
+    opset: int | None  # as asked (None: per file kind; each file records its own)
     files: dict[str, ExportedFile] = field(default_factory=dict)
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
@@ -210,18 +242,23 @@ def _export(options: ExportOptions, params: NMSParams | None, stage: _Staging, s
     result = ExportResult(cfg.name, str(options.checkpoint), batch or "dynamic", options.opset,
                           timings_s=step.timings, versions=_versions())  # fmt: skip
     written: dict[str, onnx.ModelProto] = {}
+    int8_meta: dict[str, Any] = {}
 
     def write(key: str, model: onnx.ModelProto, prec: str, graph: str,
               extra: dict[str, Any] | None = None) -> Path:
+        prune_unused_initializers(model)
         set_metadata(model, cfg, prec, graph, batch, extra)
         check_model(model)
         path = stage.dir / f"{stem}{'' if key == 'fp32' else '_' + key}.onnx"
-        result.files[key] = ExportedFile(str(path), save_model(model, path), prec, graph)
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        result.files[key] = ExportedFile(str(path), save_model(model, path), prec, graph, opset,
+                                         model.ir_version)  # fmt: skip
         written[key] = model
         return path
 
-    raw = step("export", f"exporting {cfg.name} (opset {options.opset}, batch "
-               f"{batch or 'dynamic'})", lambda: export_raw(module, batch, options.opset))
+    opset = options.opset or OPSET
+    raw = step("export", f"exporting {cfg.name} (opset {opset}, batch {batch or 'dynamic'})",
+               lambda: export_raw(module, batch, opset))
     fp32_path = write("fp32", raw, "fp32", contract.GRAPH_RAW)
     batches = [batch] if batch else [1, 3]
     parity = step("parity", "ORT vs PyTorch parity",
@@ -243,20 +280,22 @@ def _export(options: ExportOptions, params: NMSParams | None, stage: _Staging, s
     if options.int8:
         assert calib is not None and calib_record is not None
         recipe = precision.recipe(options.qdq_placement)
+        int8_meta = {contract.META_QDQ_PLACEMENT: options.qdq_placement}
         i8 = step("int8", f"INT8 PTQ ({options.calib_method} calibration on {len(calib)} "
                   f"images; {recipe})",
                   lambda: precision.to_int8(fp32_path, calib, options.calib_method,
-                                            options.qdq_placement))  # fmt: skip
+                                            options.qdq_placement, options.opset))  # fmt: skip
         q, dq = precision.count_qdq(i8)
         result.calibration = {
             **calib_record, "method": options.calib_method, "seed": options.seed,
             "qdq_placement": options.qdq_placement, "recipe": recipe,
             "quantize_linear": q, "dequantize_linear": dq,
         }  # fmt: skip
-        int8_path = write("int8", i8, "int8", contract.GRAPH_RAW)
+        int8_path = write("int8", i8, "int8", contract.GRAPH_RAW, int8_meta)
+        chunks = _chunks(calib, batch)
         p8 = step("int8_parity", f"INT8 vs FP32 on the {len(calib)} calibration images",
-                  lambda: compare_onnx(int8_path, fp32_path, _chunks(calib, batch)))
-        result.parity["int8_vs_fp32"] = {**p8.to_dict(),
+                  lambda: compare_onnx(int8_path, fp32_path, chunks))
+        result.parity["int8_vs_fp32"] = {**p8.to_dict(), "ort": ORT_SETTING,
                                          "inputs": f"{len(calib)} calibration images"}
         step.line(f"parity int8 vs fp32 ({len(calib)} calibration images): {p8.line()}")
         if p8.scores_max > options.int8_warning:
@@ -264,6 +303,12 @@ def _export(options: ExportOptions, params: NMSParams | None, stage: _Staging, s
             warn(f"the INT8 graph's scores differ from FP32 by up to {p8.scores_max:.2f} on the "
                  f"{len(calib)} calibration images (mean {p8.scores_mean:.1e}; recipe "
                  f"{recipe}): measure its AP (m2det-eval --onnx) before using it")
+        # what ONNX Runtime's full default optimizations do to the same file (not what TensorRT
+        # computes; m2det.export.ort_session)
+        shift = compare_onnx(int8_path, int8_path, chunks[:PARITY_IMAGES],
+                             disabled_optimizers=())
+        result.parity["int8_ort_defaults_vs_int8"] = shift.to_dict()
+        step.line(f"int8 with ORT's default optimizations vs as specified: {shift.line()}")
 
     if params is not None:
         result.nms = {"kind": options.nms_graph, **params.attributes()}
@@ -272,10 +317,11 @@ def _export(options: ExportOptions, params: NMSParams | None, stage: _Staging, s
         graph = contract.GRAPH_NMS_ONNX if onnx_nms else contract.GRAPH_NMS_PLUGIN
         suffix = "onnxnms" if onnx_nms else "nms"
         for key in [k for k in contract.PRECISIONS if k in written]:
+            extra = {contract.META_NMS: params.attributes(), **(int8_meta if key == "int8" else {})}
             write(suffix if key == "fp32" else f"{key}_{suffix}", add(written[key], params), key,
-                  graph, {contract.META_NMS: params.attributes()})  # fmt: skip
+                  graph, extra)  # fmt: skip
 
-    final = {k: ExportedFile(str(stage.out / Path(f.path).name), f.bytes, f.precision, f.graph)
+    final = {k: dataclasses.replace(f, path=str(stage.out / Path(f.path).name))
              for k, f in result.files.items()}  # the summary names the files where they will be
     summary = stage.dir / f"{stem}_export.json"
     atomic_write_json(summary, {**result.to_json(), "files": {k: asdict(f) for k, f in

@@ -27,10 +27,14 @@ import onnx
 
 from m2det.errors import M2DetError
 from m2det.export.calibration import CALIB_METHODS
-from m2det.export.onnx_export import INPUT, POSTPROCESS_PATTERN
+from m2det.export.onnx_export import INPUT, MODELOPT_INT8_MIN_OPSET, POSTPROCESS_PATTERN
 
 T = TypeVar("T")
 
+#: Ops ORT's quantizer must leave in float: OpenCV DNN (5.1) runs a quantized Sub or Div (DQ
+#: inputs -> op -> QuantizeLinear) as an Add, so quantizing the graph's mean subtraction made
+#: OpenCV compute ``x + mean`` and every output wrong (export/README.md). Add and Mul are fine.
+OPENCV_UNSAFE_QUANTIZED_OPS = ("Sub", "Div")
 #: Percentile of |activation| taken as the INT8 range by ``--calib-method percentile``.
 PERCENTILE = 99.99
 
@@ -119,12 +123,14 @@ def recipe(placement: str) -> str:
 
 
 def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entropy",
-            placement: str = "tensorrt") -> onnx.ModelProto:
+            placement: str = "tensorrt", opset: int | None = None) -> onnx.ModelProto:
     """FP32 raw graph + calibration images [N,3,S,S] -> explicit Q/DQ INT8 graph (ModelOpt PTQ,
     per-channel weights, symmetric activations, ``high_precision_dtype`` fp32 so the unquantized
     parts stay FP32 for CPU execution). ``method``: entropy | max (ModelOpt's own calibrators) |
     percentile (ORT's percentile calibrator at :data:`PERCENTILE`, handed to ModelOpt as a
-    calibration cache). ``placement``: one of :data:`PLACEMENTS`."""
+    calibration cache). ``placement``: one of :data:`PLACEMENTS`. ``opset``: the ModelOpt file's
+    opset (None: the raw graph's, raised to :data:`MODELOPT_INT8_MIN_OPSET`; a lower value is an
+    M2DetError); ORT's quantizer keeps the raw graph's opset."""
     from modelopt.onnx.quantization import quantize
 
     if method not in CALIB_METHODS:
@@ -134,6 +140,13 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entrop
         raise M2DetError(f"unknown Q/DQ placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
     if placement == "onnxruntime":
         return _ort_int8(raw_path, calibration, method)
+    if opset is not None and opset < MODELOPT_INT8_MIN_OPSET:
+        raise M2DetError(f"ModelOpt writes INT8 Q/DQ at opset >= {MODELOPT_INT8_MIN_OPSET}, "
+                         f"not {opset}")  # fmt: skip
+    if opset is None:
+        raw_opset = next(o.version for o in onnx.load(str(raw_path), load_external_data=False)
+                         .opset_import if o.domain in ("", "ai.onnx"))  # fmt: skip
+        opset = max(raw_opset, MODELOPT_INT8_MIN_OPSET)
     extra = {"op_types_needing_output_quant": ["Conv"]} if placement == "cpu" else {}
     with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp, _modelopt_quiet():
         out = os.path.join(tmp, "int8.onnx")
@@ -146,7 +159,7 @@ def to_int8(raw_path: str | Path, calibration: np.ndarray, method: str = "entrop
             calibration_method="entropy" if method == "entropy" else "max",
             calibration_cache_path=cache, calibration_eps=["cpu"],
             nodes_to_exclude=[POSTPROCESS_PATTERN], high_precision_dtype="fp32",
-            output_path=out, log_level="ERROR", **extra,
+            output_path=out, log_level="ERROR", opset=opset, **extra,
         )  # fmt: skip
         return onnx.load(out)
 
@@ -162,7 +175,8 @@ def _ort_int8(raw_path: str | Path, calibration: np.ndarray, method: str) -> onn
     activations; ``method`` maps to ORT's Entropy/MinMax/Percentile. The detection head (its convs
     and the flatten/concat, ``/model/head/*``) is excluded with the post-processing: ORT quantizes
     every quantized op's output, which would put the box offsets and logits through 8 bits before
-    the decode and the softmax. Runs in a fresh interpreter (see :func:`_unpatched_ort`)."""
+    the decode and the softmax. :data:`OPENCV_UNSAFE_QUANTIZED_OPS` (the mean subtraction) stay
+    float too. Runs in a fresh interpreter (see :func:`_unpatched_ort`)."""
     with tempfile.TemporaryDirectory(prefix="m2det-int8-") as tmp:
         out = os.path.join(tmp, "int8.onnx")
         _unpatched_ort(_ort_quantize_static, str(raw_path), out, calibration, method)
@@ -184,7 +198,8 @@ def _ort_quantize_static(raw_path: str, out: str, calibration: np.ndarray, metho
 
     graph = onnx.load(raw_path, load_external_data=False).graph
     keep_float = [n.name for n in graph.node
-                  if re.match(POSTPROCESS_PATTERN, n.name) or n.name.startswith("/model/head/")]
+                  if re.match(POSTPROCESS_PATTERN, n.name) or n.name.startswith("/model/head/")
+                  or n.op_type in OPENCV_UNSAFE_QUANTIZED_OPS]
     calibrate = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
                  "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
     with _quiet_tools():

@@ -34,6 +34,13 @@ PRECISIONS: Final = ("fp32", "fp16", "int8")
 PLUGIN_NAME: Final = "M2Det_SoftNMS_TRT"  # TensorRT plugin name = the ONNX node's op type
 PLUGIN_VERSION: Final = "1"
 PLUGIN_NAMESPACE: Final = ""
+#: ONNX domain of the plugin node (declared in the file's ``opset_import`` at version
+#: PLUGIN_DOMAIN_VERSION), so that ``onnx.checker`` in any process accepts the file: ops of the
+#: default domain must be registered ONNX ops. TensorRT's parser finds the plugin by op type,
+#: ``plugin_version`` and ``plugin_namespace`` attributes (export/README.md); the C++ side never
+#: sees the domain.
+PLUGIN_DOMAIN: Final = "m2det"
+PLUGIN_DOMAIN_VERSION: Final = 1
 #: The node's attributes (= ``m2det.nms.NMSParams`` fields), by ONNX attribute type.
 PLUGIN_FLOAT_ATTRIBUTES: Final = ("score_threshold", "iou_threshold", "sigma", "min_score")
 PLUGIN_INT_ATTRIBUTES: Final = ("method", "max_candidates", "keep_per_class", "max_detections")
@@ -63,6 +70,9 @@ META_GRAPH: Final = "graph"  # one of GRAPH_KINDS
 META_BATCH: Final = "batch"  # an int or "dynamic"
 META_VERSION: Final = "version"  # m2det version that wrote the file
 META_NMS: Final = "nms"  # NMS attributes JSON (NMS graphs)
+#: INT8 files: the Q/DQ recipe (``--qdq-placement``): "tensorrt" | "cpu" (ModelOpt) |
+#: "onnxruntime" (ORT's quantizer: uint8 activations, int32 biases; TensorRT does not take it).
+META_QDQ_PLACEMENT: Final = "qdq_placement"
 
 #: ``format`` of the JSON sidecar written beside a TensorRT plan (``<plan>.json``).
 PLAN_SIDECAR_FORMAT: Final = "m2det-plan/1"

@@ -43,7 +43,11 @@ EXPLICIT: dict[str, Any] = {
     "PLUGIN_DEFAULTS": {a: f"M2DET_DEFAULT_{a.upper()}" for a in contract.PLUGIN_DEFAULTS},
 }  # fmt: skip
 #: contract.py constants with no C/C++ counterpart, each with the reason.
-PYTHON_ONLY: dict[str, str] = {}
+PYTHON_ONLY: dict[str, str] = {
+    "PLUGIN_DOMAIN": "ONNX node domain, written by the exporter; the C++ plugin never sees it",
+    "PLUGIN_DOMAIN_VERSION": "ONNX opset_import version of PLUGIN_DOMAIN (exporter only)",
+    "META_QDQ_PLACEMENT": "ONNX metadata key read by Python loaders only",
+}
 #: Header macros that mirror no contract.py constant, each with the reason.
 HEADER_ONLY: dict[str, str] = {"M2DET_CONTRACT_H": "include guard"}
 

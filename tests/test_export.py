@@ -26,12 +26,14 @@ from m2det.export.onnx_export import (
     check_model,
     export_raw,
     postprocess_nodes,
+    prune_unused_initializers,
     read_metadata,
     save_model,
     set_metadata,
 )
 from m2det.export.ort_session import ort_session
 from m2det.export.parity import compare_onnx, compare_with_torch, random_images
+from m2det.export.pipeline import ExportOptions
 from m2det.model import M2DetInference, build_model
 from m2det.nms import Method, NMSParams, batched_nms, get_nms_params
 
@@ -180,6 +182,11 @@ def test_int8_onnxruntime_recipe_fuses_convs_and_keeps_head_float(raw_path: Path
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    for node in model.graph.node:  # OpenCV DNN runs a quantized Sub/Div as an Add
+        if node.op_type in precision.OPENCV_UNSAFE_QUANTIZED_OPS:
+            assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
+            assert all(producers.get(o) != "QuantizeLinear" for o in node.output), node.name
+    assert any(n.op_type == "Sub" for n in model.graph.node)  # the mean subtraction
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
     assert ops.count("QLinearConv") == convs - 2 * CFG.num_scales  # all but the head's loc/conf
     parity = compare_onnx(path, raw_path, [calib[:2]])
@@ -228,7 +235,8 @@ def test_plugin_nms_graph_passes_checker_with_attributes_and_outputs(raw_path: P
     model = nms_graph.add_plugin_nms(onnx.load(str(raw_path)), params)
     check_model(model)
     node = nms_graph.plugin_node(model)
-    assert node is not None and node.op_type == "M2Det_SoftNMS_TRT" and node.domain == ""
+    assert node is not None and node.op_type == "M2Det_SoftNMS_TRT" and node.domain == "m2det"
+    assert {(o.domain, o.version) for o in model.opset_import} == {("", 17), ("m2det", 1)}
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attrs.pop("plugin_version") == b"1" and attrs.pop("plugin_namespace") == b""
     assert attrs == pytest.approx(params.attributes())
@@ -298,6 +306,7 @@ def test_onnx_hard_nms_equals_reference_hard_nms(overrides: dict, tmp_path: Path
 def test_onnx_hard_nms_on_the_exported_model(raw_path: Path, tmp_path: Path) -> None:
     params = get_nms_params("hard", max_detections=100, score_threshold=0.21)
     model = nms_graph.add_onnx_hard_nms(onnx.load(str(raw_path)), params)
+    prune_unused_initializers(model)  # as the export pipeline does before its check
     check_model(model)
     path = tmp_path / "e2e.onnx"
     save_model(model, path)
@@ -409,3 +418,37 @@ def test_cli_int8_needs_calib_and_unwritable_output(ckpt_without_config: Path, t
     blocker.write_text("x")
     assert main([*base, "--out", str(blocker / "sub")]) == 2
     assert "cannot create output folder" in _error_line(capsys)
+
+
+def test_unused_initializers_are_pruned_and_refused() -> None:
+    model = _identity_raw_graph(4, 2)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.int64), "/nms/pad"))
+    with pytest.raises(RuntimeError, match="/nms/pad"):
+        check_model(model)
+    assert prune_unused_initializers(model) == ["/nms/pad"]
+    assert not model.graph.initializer
+    check_model(model)
+    hard = nms_graph.add_onnx_hard_nms(_identity_raw_graph(50, 3), get_nms_params(
+        "hard", max_detections=10))  # K fits: the Pad constants are unused
+    assert prune_unused_initializers(hard) == ["/nms/pad", "/nms/pad3"]
+    check_model(hard)
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"opset": 16}, "--opset must be 17..20"),
+    ({"opset": 21}, "--opset must be 17..20"),
+    ({"opset": 17, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32)},
+     "--opset 17 cannot be honoured for the INT8 file"),
+    ({"opset": 18, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32),
+      "qdq_placement": "cpu"}, "ModelOpt .* writes Q/DQ at opset >= 19"),
+    ({"int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32),
+      "qdq_placement": "onnxruntime", "nms_graph": "soft"}, "does not take the uint8"),
+])  # fmt: skip
+def test_files_no_client_could_run_are_refused_before_any_work(kw: dict, error: str,
+                                                                   tmp_path: Path) -> None:
+    with pytest.raises(M2DetError, match=error):
+        ExportOptions(checkpoint=tmp_path / "none.pth", out=tmp_path, **kw).check()
+    for ok in ({"opset": 19, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32)},
+               {"opset": 17, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32),
+                "qdq_placement": "onnxruntime"}, {"opset": 20}, {}):  # fmt: skip
+        ExportOptions(checkpoint=tmp_path / "none.pth", out=tmp_path, **ok).check()
