@@ -140,7 +140,7 @@ def test_harness_ap_equals_m2det_eval(kind: str, tiny_ckpt: Path, shapes: dict[s
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--engine", "{plan}"], "TensorRT is not installed"),
+    (["--engine", "{plan}"], "model.plan.json not found beside the plan"),
     (["--ckpt", "{ckpt}", "--ann", "missing.json", "--images", "."], "annotation file not found"),
     (["--ckpt", "{ckpt}", "--backends", "torch,tflite"], "unknown backend 'tflite'"),
     (["--sweep", "320,640"], "--sweep size 640 has no VGG preset"),

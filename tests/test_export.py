@@ -445,10 +445,11 @@ def test_unused_initializers_are_pruned_and_refused() -> None:
       "qdq_placement": "onnxruntime", "nms_graph": "soft"}, "does not take the uint8"),
 ])  # fmt: skip
 def test_files_no_client_could_run_are_refused_before_any_work(kw: dict, error: str,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path,
+                                                                   tiny_ckpt: Path) -> None:
     with pytest.raises(M2DetError, match=error):
-        ExportOptions(checkpoint=tmp_path / "none.pth", out=tmp_path, **kw).check()
+        ExportOptions(checkpoint=tiny_ckpt, out=tmp_path, **kw).check()
     for ok in ({"opset": 19, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32)},
                {"opset": 17, "int8": True, "calib_images": np.zeros((1, 3, 8, 8), np.float32),
                 "qdq_placement": "onnxruntime"}, {"opset": 20}, {}):  # fmt: skip
-        ExportOptions(checkpoint=tmp_path / "none.pth", out=tmp_path, **ok).check()
+        ExportOptions(checkpoint=tiny_ckpt, out=tmp_path, **ok).check()
