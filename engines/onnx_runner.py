@@ -1,10 +1,11 @@
 """The ONNX Runtime runner: any file ``m2det-export`` writes (FP32/FP16/INT8, raw or NMS graph).
 
 Config, precision, graph kind and batch come from the file's ``m2det.*`` metadata. A raw graph's
-``boxes``/``scores`` go through the CPU reference NMS (``m2det.nms.batched_nms``) with the
-runner's ``nms`` parameters; an ONNX NMS graph's EfficientNMS-style outputs are returned as they
-are (its NMS parameters are the ones baked in at export, recorded in ``self.nms``). A plugin NMS
-graph (``M2Det_SoftNMS_TRT``) needs TensorRT: this runner refuses it with one line.
+``boxes``/``scores`` go through the CPU post-processing (``m2det.nms.batched_nms``, compiled,
+on ``threads``) with the runner's ``nms`` parameters; an ONNX NMS graph's EfficientNMS-style
+outputs are returned as they are (its NMS parameters are the ones baked in at export, recorded in
+``self.nms``). A plugin NMS graph (``M2Det_SoftNMS_TRT``) needs TensorRT: this runner refuses it
+with one line.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class OnnxRunner(Runner):
         if self.graph == contract.GRAPH_RAW:
             boxes, scores = self.raw(images)
             t1 = now_ms()
-            dets = batched_nms(boxes, scores, self.nms)
+            dets = batched_nms(boxes, scores, self.nms, threads=self.threads)
             self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
             return dets
         outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))
