@@ -178,8 +178,8 @@ def _extension() -> Any:
 def _ext_params(c: SoftNmsParams) -> Any:
     """The ctypes struct as the extension's ``SoftNmsParams``."""
     out = _extension().SoftNmsParams()
-    for name, _ in SoftNmsParams._fields_:
-        setattr(out, name, getattr(c, name))
+    for field in SoftNmsParams._fields_:
+        setattr(out, field[0], getattr(c, field[0]))
     return out
 
 

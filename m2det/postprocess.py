@@ -11,6 +11,7 @@ follows ``m2det.box_utils.decode`` in float32, with the same ``exp`` caveat.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +21,9 @@ import numpy as np
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 
+_ext: Any
 try:
-    from m2det import _postprocess as _ext
+    _ext = importlib.import_module("m2det._postprocess")
 except ImportError as _error:  # a source tree on sys.path that pip never built
     _ext = None
     _IMPORT_ERROR = str(_error)

@@ -61,9 +61,9 @@ def test_soft_nms_matches_the_spec(boxes: list, data: st.DataObject, p: NMSParam
     ref_idx, ref_sc = soft_nms(b, s, p, backend="numpy")
     assert idx.dtype == np.int64 and sc.dtype == np.float32
     if p.method == Method.GAUSSIAN:
-        as_dets = [Detections.from_lists([(b[i], v, np.zeros(len(v), np.int32))])
-                   for i, v in ((idx, sc), (ref_idx, ref_sc))]
-        assert_gaussian_consistent(*as_dets, p, "soft_nms")
+        got, ref = (Detections.from_lists([(b[i], v, np.zeros(len(v), np.int32))])
+                    for i, v in ((idx, sc), (ref_idx, ref_sc)))
+        assert_gaussian_consistent(got, ref, p, "soft_nms")
     else:
         assert idx.tolist() == ref_idx.tolist()
         assert sc.tobytes() == ref_sc.tobytes()
@@ -177,8 +177,8 @@ def test_decode_nms_is_decode_then_batched_nms() -> None:
     random sizes the boxes agree to float32 rounding of exp."""
     rng = np.random.default_rng(6)
     a, c = 500, 5
-    priors = np.concatenate([rng.uniform(0.1, 0.9, (a, 2)), rng.uniform(0.05, 0.4, (a, 2))], 1)
-    priors = torch.from_numpy(priors.astype(f32))
+    priors = torch.from_numpy(np.concatenate(
+        [rng.uniform(0.1, 0.9, (a, 2)), rng.uniform(0.05, 0.4, (a, 2))], 1).astype(f32))
     loc = torch.from_numpy(rng.normal(0, 1, (2, a, 4)).astype(f32))
     loc[..., 2:] = 0
     scores = torch.from_numpy(rng.random((2, a, c), dtype=f32) ** 2)
@@ -213,8 +213,11 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     b, s = np.zeros((1, 3, 4), f32), np.full((1, 3, 2), 0.5, f32)
     calls: list[str] = []
     real = postprocess.batched_nms
-    monkeypatch.setattr(postprocess, "batched_nms",
-                        lambda *a, **k: calls.append("compiled") or real(*a, **k))
+    def counted(*a: Any, **k: Any) -> Detections:
+        calls.append("compiled")
+        return real(*a, **k)
+
+    monkeypatch.setattr(postprocess, "batched_nms", counted)
     batched_nms(b, s, NMSParams())
     assert calls == ["compiled"]  # the default
     monkeypatch.setenv("M2DET_NMS_BACKEND", "numpy")
