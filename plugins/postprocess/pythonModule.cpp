@@ -9,6 +9,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -184,10 +185,11 @@ nb::tuple referenceNms(AnyArray boxes, AnyArray scores, M2DetSoftNmsParams const
         throw nb::value_error("B, A and C must each be < 2^31");
     size_t const b = scores.shape(0);
     size_t const k = p.max_detections > 0 ? static_cast<size_t>(p.max_detections) : 0;
-    std::vector<int32_t> num(b);
-    std::vector<float> outBoxes(b * k * 4);
-    std::vector<float> outScores(b * k);
-    std::vector<int32_t> outClasses(b * k);
+    // At least one element each: the C ABI rejects NULL outputs even when K is 0 (its check then says why).
+    std::vector<int32_t> num(std::max<size_t>(b, 1));
+    std::vector<float> outBoxes(std::max<size_t>(b * k * 4, 1));
+    std::vector<float> outScores(std::max<size_t>(b * k, 1));
+    std::vector<int32_t> outClasses(std::max<size_t>(b * k, 1));
     int status;
     {
         nb::gil_scoped_release release;
