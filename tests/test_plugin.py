@@ -387,3 +387,20 @@ def test_soft_nms_cuda_needs_a_device() -> None:
     with pytest.raises(M2DetError, match="needs a CUDA device"):
         snk.soft_nms_cuda(np.zeros((1, 5, 4), np.float32), np.zeros((1, 5, 2), np.float32),
                           NMSParams(max_detections=10))
+
+
+def test_pip_built_cuda_library_is_found_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where nvcc was on PATH at install time, pip put libm2det_softnms.so beside the extension
+    (m2det/lib/); load_library finds it there without building anything and it loads without a
+    GPU (static CUDA runtime)."""
+    installed = snk.installed_library_dir()
+    if installed is None or not (installed / snk.CUDA_LIBRARY).is_file():
+        pytest.skip("no pip-built CUDA library (nvcc was not on PATH at install time)")
+    monkeypatch.delenv("M2DET_SOFTNMS_LIB_DIR", raising=False)
+    snk.load_library.cache_clear()
+    try:
+        lib = snk.load_library(snk.CUDA_LIBRARY, build=False)
+        assert Path(lib._name) == installed / snk.CUDA_LIBRARY
+        assert hasattr(lib, "m2det_soft_nms_cuda")
+    finally:
+        snk.load_library.cache_clear()
