@@ -5,8 +5,8 @@ dropped it (``polygraphy surgeon sanitize`` does), the graph itself gives the in
 graph kind, class count, precision and an ONNX NMS graph's parameters, and ``config`` (a preset
 name, ``--config`` on the CLIs) gives the rest; without one, one line names what is missing.
 ONNX Runtime runs with ``m2det.export.ort_session``'s defaults (``WeightBiasQuantization`` off, so
-INT8 files give what the graph and TensorRT compute). A raw graph's
-``boxes``/``scores`` go through the CPU reference NMS (``m2det.nms.batched_nms``) with the
+INT8 files give what the graph and TensorRT compute). A raw graph's ``boxes``/``scores`` go
+through the CPU post-processing (``m2det.nms.batched_nms``, compiled, on ``threads``) with the
 runner's ``nms`` parameters; an ONNX NMS graph's EfficientNMS-style outputs are returned as they
 are (its NMS parameters are the ones baked in at export, recorded in ``self.nms``). A plugin NMS
 graph (``M2Det_SoftNMS_TRT``) needs TensorRT: this runner refuses it with one line.
@@ -131,7 +131,7 @@ class OnnxRunner(Runner):
         if self.graph == contract.GRAPH_RAW:
             boxes, scores = self.raw(images)
             t1 = now_ms()
-            dets = batched_nms(boxes, scores, self.nms)
+            dets = batched_nms(boxes, scores, self.nms, threads=self.threads)
             self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
             return dets
         outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))

@@ -1,15 +1,18 @@
-"""ctypes bindings of the soft-NMS C ABI (``plugins/soft_nms/softNmsApi.h``).
+"""The soft-NMS C ABI (``plugins/soft_nms/softNmsApi.h``) from Python.
 
-Two shared libraries, built by CMake from ``plugins/`` (``build_libraries`` does it on demand):
-
-- ``libm2det_softnms_cpu.so``: the C++ reference; loads without CUDA (CI runs it).
-- ``libm2det_softnms.so``: the CUDA kernel (static CUDA runtime) plus the same host functions.
+- Host functions (parameter check, workspace size, the C++ reference ``m2det_soft_nms_cpu``):
+  compiled into the package's extension ``m2det._postprocess`` at install time, so they need no
+  library and no build here.
+- The CUDA kernel: ``libm2det_softnms.so`` (static CUDA runtime, the same host functions too),
+  through ctypes. pip builds it into the package (``m2det/lib/``) where nvcc is on PATH; it is
+  looked up in ``$M2DET_SOFTNMS_LIB_DIR`` if set, else in the package, else in ``plugins/build/``
+  of a source checkout (built there on demand by ``build_libraries``, as the C ABI's own CPU
+  library ``libm2det_softnms_cpu.so`` and the TensorRT plugin are: CMake builds of ``plugins/``).
 
 Both produce the EfficientNMS layout the TensorRT plugin writes, returned as ``Detections``.
-The libraries are looked up in ``$M2DET_SOFTNMS_LIB_DIR`` if set, else in ``plugins/build/``.
-
 No C++ exception crosses the C ABI: a failing call returns an error value and leaves its message
-for ``m2det_soft_nms_last_error()``, which ``call_checked`` turns into ``M2DetError``.
+for ``m2det_soft_nms_last_error()``, which ``call_checked`` (ctypes) and the extension turn into
+``M2DetError``.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from m2det import contract
+from m2det import contract, postprocess
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams
 
 __all__ = [
     "CPU_LIBRARY", "CUDA_LIBRARY", "MAX_CUDA_CANDIDATES", "MAX_CUDA_DETECTIONS", "SoftNmsParams",
-    "build_libraries", "c_params", "call_checked", "library_dir", "load_library",
+    "build_libraries", "c_params", "call_checked", "installed_library_dir", "library_dir",
+    "load_library",
     "soft_nms_cpu_reference", "soft_nms_cuda", "soft_nms_cuda_tensors", "workspace_size",
 ]
 
@@ -51,8 +55,23 @@ class SoftNmsParams(ctypes.Structure):
 
 
 def library_dir() -> Path:
-    """Where the libraries are looked up: ``$M2DET_SOFTNMS_LIB_DIR`` or ``plugins/build``."""
+    """Where CMake builds of ``plugins/`` go and are looked up: ``$M2DET_SOFTNMS_LIB_DIR`` or
+    ``plugins/build``."""
     return Path(os.environ.get("M2DET_SOFTNMS_LIB_DIR") or PLUGINS_DIR / "build")
+
+
+def installed_library_dir() -> Path | None:
+    """``lib/`` beside the extension ``m2det._postprocess``: where pip puts the CUDA library
+    (None without the extension)."""
+    ext = postprocess.extension_path()
+    return None if ext is None else ext.parent / "lib"
+
+
+def _candidates(name: str) -> list[Path]:
+    if os.environ.get("M2DET_SOFTNMS_LIB_DIR"):
+        return [library_dir() / name]
+    installed = installed_library_dir()
+    return ([installed / name] if installed is not None else []) + [library_dir() / name]
 
 
 def build_libraries(build_dir: Path, *, cuda_architectures: str | None = None,
@@ -96,10 +115,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 @cache
 def load_library(name: str = CPU_LIBRARY, build: bool = True) -> ctypes.CDLL:
-    """Load ``name`` from ``library_dir()``, building ``plugins/`` there first if it is missing
-    and ``build`` is true."""
-    path = library_dir() / name
-    if not path.is_file() and build:
+    """Load ``name``: from ``$M2DET_SOFTNMS_LIB_DIR`` if set, else from the package (pip's
+    build) or ``plugins/build``; when found in none and ``build`` is true, ``plugins/`` of a
+    source checkout is built into ``library_dir()`` first."""
+    path = next((p for p in _candidates(name) if p.is_file()), library_dir() / name)
+    if not path.is_file() and build and PLUGINS_DIR.is_dir():
         build_libraries(library_dir())
     if not path.is_file():
         raise M2DetError(f"{path} not found: build plugins/ with CMake "
@@ -141,18 +161,40 @@ def c_params(params: NMSParams, num_anchors: int, num_classes: int, *,
                       params.keep_per_class, k)
     if not check:
         return c
-    why = (lib or load_library()).m2det_soft_nms_check(ctypes.byref(c), num_anchors, num_classes,
-                                                       int(for_cuda))
+    if lib is not None:
+        raw = lib.m2det_soft_nms_check(ctypes.byref(c), num_anchors, num_classes, int(for_cuda))
+        why = None if raw is None else raw.decode()
+    else:
+        why = _extension().check_params(_ext_params(c), num_anchors, num_classes, for_cuda)
     if why is not None:
-        raise M2DetError(f"invalid soft-NMS parameters: {why.decode()}")
+        raise M2DetError(f"invalid soft-NMS parameters: {why}")
     return c
+
+
+def _extension() -> Any:
+    return postprocess.extension()
+
+
+def _ext_params(c: SoftNmsParams) -> Any:
+    """The ctypes struct as the extension's ``SoftNmsParams``."""
+    out = _extension().SoftNmsParams()
+    for field in SoftNmsParams._fields_:
+        setattr(out, field[0], getattr(c, field[0]))
+    return out
+
+
+def _ext_call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ValueError as e:  # the C ABI's status and message
+        raise M2DetError(str(e)) from None
 
 
 def workspace_size(batch: int, num_anchors: int, num_classes: int, params: NMSParams) -> int:
     """Workspace bytes the CUDA kernel needs for boxes [B,A,4] / scores [B,A,C]."""
-    lib = load_library()
-    c = c_params(params, num_anchors, num_classes, for_cuda=True, lib=lib)
-    return _workspace_size(lib, batch, num_anchors, num_classes, c)
+    c = c_params(params, num_anchors, num_classes, for_cuda=True)
+    return int(_ext_call(_extension().workspace_size, batch, num_anchors, num_classes,
+                         _ext_params(c)))
 
 
 def _workspace_size(lib: ctypes.CDLL, batch: int, num_anchors: int, num_classes: int,
@@ -181,23 +223,18 @@ def _host(a: Any) -> np.ndarray:
 
 
 def soft_nms_cpu_reference(boxes: Any, scores: Any, params: NMSParams) -> Detections:
-    """The C++ reference: ``boxes`` [B,A,4] float32, ``scores`` [B,A,C] float32 or float16
-    (numpy or torch) -> Detections padded to K (``max_detections``, or the largest possible
-    count when it is 0)."""
+    """The C++ reference (``m2det_soft_nms_cpu``, in the extension): ``boxes`` [B,A,4] float32,
+    ``scores`` [B,A,C] float32 or float16 (numpy or torch) -> Detections padded to K
+    (``max_detections``, or the largest possible count when it is 0)."""
     b_np = np.ascontiguousarray(_host(boxes), np.float32)
     s_np = _host(scores)
     half = s_np.dtype == np.float16
     s_np = np.ascontiguousarray(s_np, np.float16 if half else np.float32)
-    B, A, C = _shapes(b_np.shape, s_np.shape)
-    lib = load_library()
-    c = c_params(params, A, C, lib=lib, check=False)  # m2det_soft_nms_cpu checks and says why
-    k = max(c.max_detections, 0)
-    out = Detections(np.zeros(B, np.int32), np.zeros((B, k, 4), np.float32),
-                     np.zeros((B, k), np.float32), np.zeros((B, k), np.int32))
-    call_checked(lib, "m2det_soft_nms_cpu", b_np.ctypes.data, s_np.ctypes.data, int(half), B, A,
-                 C, ctypes.byref(c), out.num.ctypes.data, out.boxes.ctypes.data,
-                 out.scores.ctypes.data, out.classes.ctypes.data)
-    return out
+    _, A, C = _shapes(b_np.shape, s_np.shape)
+    c = c_params(params, A, C, check=False)  # m2det_soft_nms_cpu checks and says why
+    num, out_boxes, out_scores, classes = _ext_call(
+        _extension().reference_nms, b_np, s_np.view(np.uint16) if half else s_np, _ext_params(c))
+    return Detections(num, out_boxes, out_scores, classes)
 
 
 def soft_nms_cuda_tensors(boxes: Any, scores: Any, params: NMSParams,

@@ -3,8 +3,8 @@ protocol.
 
 I/O lives in device memory allocated once for the profile's largest batch (cuda-python, checked
 calls); each call sets the input shape, enqueues ``execute_async_v3`` on the runner's own stream
-and copies the outputs to pinned host memory. Raw-graph plans are post-processed with the CPU
-reference NMS (``m2det.nms.batched_nms``); NMS plans already return EfficientNMS-style outputs.
+and copies the outputs to pinned host memory. Raw-graph plans are post-processed on the CPU by
+``m2det.nms.batched_nms`` (compiled); NMS plans already return EfficientNMS-style outputs.
 CUDA torch tensors are read in place (their ``data_ptr``), never copied through the host.
 Optionally the enqueue is captured once per batch size into a CUDA graph and replayed.
 
@@ -164,7 +164,7 @@ class TensorRTRunner(Runner):
         if self.has_nms:
             self.last_timing = Timing(network=t1 - t0)
             return Detections.from_nms_outputs(outputs)
-        boxes, scores = (outputs[name].astype(np.float32) for name in contract.RAW_OUTPUTS)
+        boxes, scores = (np.asarray(outputs[name], np.float32) for name in contract.RAW_OUTPUTS)
         dets = batched_nms(boxes, scores, self.nms)
         self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
         return dets

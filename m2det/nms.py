@@ -1,5 +1,7 @@
 """Soft-NMS / NMS CPU reference: the one implementation every other NMS (CUDA kernel, its C++
-reference, the ONNX NMS graph) is compared against.
+reference, the compiled CPU path, the ONNX NMS graph) is compared against. ``soft_nms`` and
+``batched_nms`` run the compiled path (``m2det.postprocess``, same detections) by default; this
+module's numpy code, the executable spec, runs with ``backend="numpy"``.
 
 Semantics (docs/design.md §2, "Soft-NMS semantics"; all arithmetic float32 in the stated order):
 
@@ -33,6 +35,7 @@ ones.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -42,7 +45,8 @@ from m2det.contract import MAX_CANDIDATES, PLUGIN_INT_ATTRIBUTES
 from m2det.detections import Detections
 from m2det.errors import M2DetError
 
-__all__ = ["Method", "NMSParams", "NMS_PRESETS", "get_nms_params", "soft_nms", "batched_nms"]
+__all__ = ["BACKENDS", "Method", "NMSParams", "NMS_PRESETS", "get_nms_params", "soft_nms",
+           "batched_nms"]
 
 
 class Method(enum.IntEnum):
@@ -146,6 +150,21 @@ _SQUEEZE_EVERY = 8  # steps between checks whether to squeeze discarded candidat
 # same as in the C++ and CUDA implementations: not worth a RuntimeWarning per call.
 def _ieee() -> np.errstate:
     return np.errstate(over="ignore", invalid="ignore")
+
+
+BACKENDS = ("auto", "compiled", "numpy")
+
+
+def _compiled(backend: str | None) -> bool:
+    """Whether ``backend`` (None: ``$M2DET_NMS_BACKEND``, else "auto") runs the compiled path."""
+    name = backend or os.environ.get("M2DET_NMS_BACKEND") or "auto"
+    if name not in BACKENDS:
+        raise M2DetError(f"unknown NMS backend {name!r} (valid: {', '.join(BACKENDS)})")
+    if name == "numpy":
+        return False
+    from m2det import postprocess
+
+    return name == "compiled" or postprocess.available()
 
 
 def _as_f32(a: Any) -> np.ndarray:
@@ -399,10 +418,15 @@ def _emit_row_steps(c: _Candidates, p: NMSParams) -> tuple[np.ndarray, np.ndarra
     return np.array(idx, np.int64), np.array(out, np.float32)
 
 
-def soft_nms(boxes: Any, scores: Any, params: NMSParams) -> tuple[np.ndarray, np.ndarray]:
+def soft_nms(boxes: Any, scores: Any, params: NMSParams, *,
+             backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-2 for one class: ``boxes`` [N,4] float32 x1,y1,x2,y2, ``scores`` [N] float32
     (numpy or torch) -> (kept indices into N, int64 [k], in emission order; their emitted scores,
-    float32 [k])."""
+    float32 [k]). ``backend``: see ``batched_nms``."""
+    if _compiled(backend):
+        from m2det import postprocess
+
+        return postprocess.soft_nms(boxes, scores, params)
     b, s = _as_f32(boxes), _as_f32(scores)
     if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
         raise M2DetError(f"soft_nms expects boxes [N,4] and scores [N], got {list(b.shape)} "
@@ -454,10 +478,19 @@ def _image_nms(boxes: np.ndarray, scores: np.ndarray,
     return boxes[idx[order]], score[order], cls[order].astype(np.int32)
 
 
-def batched_nms(boxes: Any, scores: Any, params: NMSParams) -> Detections:
+def batched_nms(boxes: Any, scores: Any, params: NMSParams, *, threads: int | None = None,
+                backend: str | None = None) -> Detections:
     """Steps 1-3 per image: ``boxes`` [B,A,4] float32 (shared by all classes), ``scores``
     [B,A,C] float32 without background (numpy or torch) -> Detections (classes are column
-    indices of ``scores``; padded to ``max_detections`` if set, else to the largest image)."""
+    indices of ``scores``; padded to ``max_detections`` if set, else to the largest image).
+
+    ``backend``: "compiled" (``m2det.postprocess``: same detections, one GIL-free call on
+    ``threads`` threads), "numpy" (this module's code, the spec; ``threads`` unused) or "auto"
+    (default; ``$M2DET_NMS_BACKEND`` overrides it): compiled when the extension is built."""
+    if _compiled(backend):
+        from m2det import postprocess
+
+        return postprocess.batched_nms(boxes, scores, params, threads=threads)
     b, s = _as_f32(boxes), _as_f32(scores)
     if b.ndim != 3 or b.shape[2] != 4 or s.ndim != 3 or s.shape[:2] != b.shape[:2]:
         raise M2DetError(f"batched_nms expects boxes [B,A,4] and scores [B,A,C], got "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 from unittest import mock
@@ -27,6 +28,19 @@ from m2det.nms import (
 )
 
 f32 = np.float32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def numpy_spec() -> Iterator[None]:
+    """These tests check the spec itself, m2det.nms's numpy code (the compiled default is checked
+    against it in test_postprocess.py). Module scope: hypothesis refuses function scope."""
+    old = os.environ.get("M2DET_NMS_BACKEND")
+    os.environ["M2DET_NMS_BACKEND"] = "numpy"
+    yield
+    if old is None:
+        del os.environ["M2DET_NMS_BACKEND"]
+    else:
+        os.environ["M2DET_NMS_BACKEND"] = old
 
 
 # ---------------------------------------------------------------------------------------------

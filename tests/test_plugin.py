@@ -213,7 +213,7 @@ def test_reference_matches_python_bit_for_bit(plugin_build: Build, method: Metho
             sample_sizes(rng, 600, max_elements=4_000)):
         boxes, scores = random_case(rng, batch, anchors, classes, ties, degenerate)
         params = random_params(rng, method, anchors, classes)
-        ref = batched_nms(boxes, scores, params)
+        ref = batched_nms(boxes, scores, params, backend="numpy")
         got = snk.soft_nms_cpu_reference(boxes, scores, params)
         assert_identical(got, ref, f"case {i} {params}")
 
@@ -225,7 +225,7 @@ def test_reference_gaussian_within_tolerance(plugin_build: Build) -> None:
             sample_sizes(rng, 300, max_elements=4_000)):
         boxes, scores = random_case(rng, batch, anchors, classes, False, degenerate)
         params = random_params(rng, Method.GAUSSIAN, anchors, classes)
-        ref = batched_nms(boxes, scores, params)
+        ref = batched_nms(boxes, scores, params, backend="numpy")
         got = snk.soft_nms_cpu_reference(boxes, scores, params)
         assert_gaussian_consistent(got, ref, params, f"case {i} {params}")
 
@@ -237,7 +237,7 @@ def test_reference_large_problem(plugin_build: Build) -> None:
     params = NMSParams(Method.LINEAR, score_threshold=0.0, max_candidates=1000,
                        keep_per_class=100, max_detections=500)
     assert_identical(snk.soft_nms_cpu_reference(boxes, scores, params),
-                     batched_nms(boxes, scores, params), "large")
+                     batched_nms(boxes, scores, params, backend="numpy"), "large")
 
 
 def test_reference_float16_scores(plugin_build: Build) -> None:
@@ -246,7 +246,8 @@ def test_reference_float16_scores(plugin_build: Build) -> None:
     half = scores.astype(np.float16)
     params = NMSParams(Method.LINEAR, max_detections=50)
     assert_identical(snk.soft_nms_cpu_reference(boxes, half, params),
-                     batched_nms(boxes, half.astype(np.float32), params), "float16")
+                     batched_nms(boxes, half.astype(np.float32), params, backend="numpy"),
+                     "float16")
 
 
 def test_reference_without_cap_pads_to_capacity(plugin_build: Build) -> None:
@@ -255,7 +256,7 @@ def test_reference_without_cap_pads_to_capacity(plugin_build: Build) -> None:
     params = NMSParams(Method.HARD, keep_per_class=10, max_detections=0)
     got = snk.soft_nms_cpu_reference(boxes, scores, params)
     assert got.scores.shape == (2, 30)
-    ref = batched_nms(boxes, scores, params)
+    ref = batched_nms(boxes, scores, params, backend="numpy")
     assert np.array_equal(got.num, ref.num) and ref.num.min() > 0
     assert_identical(got, ref, "no cap")
 
@@ -386,3 +387,20 @@ def test_soft_nms_cuda_needs_a_device() -> None:
     with pytest.raises(M2DetError, match="needs a CUDA device"):
         snk.soft_nms_cuda(np.zeros((1, 5, 4), np.float32), np.zeros((1, 5, 2), np.float32),
                           NMSParams(max_detections=10))
+
+
+def test_pip_built_cuda_library_is_found_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where nvcc was on PATH at install time, pip put libm2det_softnms.so beside the extension
+    (m2det/lib/); load_library finds it there without building anything and it loads without a
+    GPU (static CUDA runtime)."""
+    installed = snk.installed_library_dir()
+    if installed is None or not (installed / snk.CUDA_LIBRARY).is_file():
+        pytest.skip("no pip-built CUDA library (nvcc was not on PATH at install time)")
+    monkeypatch.delenv("M2DET_SOFTNMS_LIB_DIR", raising=False)
+    snk.load_library.cache_clear()
+    try:
+        lib = snk.load_library(snk.CUDA_LIBRARY, build=False)
+        assert Path(lib._name) == installed / snk.CUDA_LIBRARY
+        assert hasattr(lib, "m2det_soft_nms_cuda")
+    finally:
+        snk.load_library.cache_clear()

@@ -32,24 +32,55 @@ M2DET_HD float boxArea(Box const& b)
     return (b.x2 - b.x1) * (b.y2 - b.y1);
 }
 
-//! IoU of the emitted box `a` (area `areaA`) and the candidate `b` (area `areaB`).
+//! min and max as selects: for the finite inputs the spec assumes they give the value fminf/fmaxf
+//! give (only a zero's sign may differ, and no result depends on it), and loops over them vectorise.
+M2DET_HD float minOf(float a, float b)
+{
+    return a < b ? a : b;
+}
+
+M2DET_HD float maxOf(float a, float b)
+{
+    return a > b ? a : b;
+}
+
+//! The smallest positive float32 (a subnormal): every positive float is >= it.
+constexpr float kSmallestPositive = 1.40129846e-45F;
+
+//! IoU of the emitted box `a` (area `areaA`) and the candidate `b` (area `areaB`):
+//! iw = min(a.x2, b.x2) - max(a.x1, b.x1) (ih alike); inter = iw > 0 && ih > 0 ? iw * ih : 0;
+//! union = (areaA + areaB) - inter; iou = union > 0 ? inter / union : 0.  Written without branches
+//! (the CPU path vectorises it): inter > 0 implies union > 0 (inter <= both areas), and where
+//! union <= 0 inter is 0, so inter / max(union, smallest positive) is that value exactly.
 M2DET_HD float boxIou(Box const& a, float areaA, Box const& b, float areaB)
 {
-    float const iw = fminf(a.x2, b.x2) - fmaxf(a.x1, b.x1);
-    float const ih = fminf(a.y2, b.y2) - fmaxf(a.y1, b.y1);
-    float const inter = (iw > 0.0F && ih > 0.0F) ? iw * ih : 0.0F;
+    float const iw = minOf(a.x2, b.x2) - maxOf(a.x1, b.x1);
+    float const ih = minOf(a.y2, b.y2) - maxOf(a.y1, b.y1);
+    float const inter = ((iw > 0.0F) & (ih > 0.0F)) ? iw * ih : 0.0F;
     float const uni = (areaA + areaB) - inter;
-    return uni > 0.0F ? inter / uni : 0.0F;
+    return inter / maxOf(uni, kSmallestPositive);
+}
+
+//! Decay factor of a candidate with overlap `iou` with the emitted box, for a method known at compile
+//! time (the CPU path's loops; branch-free for hard and linear).
+template <int32_t Method>
+M2DET_HD float decayWeightOf(float iou, float iouThreshold, float sigma)
+{
+    if (Method == M2DET_SOFT_NMS_HARD)
+        return iou > iouThreshold ? 0.0F : 1.0F;
+    if (Method == M2DET_SOFT_NMS_LINEAR)
+        return iou > iouThreshold ? 1.0F - iou : 1.0F;
+    return expf(-(iou * iou) / sigma);
 }
 
 //! Decay factor of a candidate with overlap `iou` with the emitted box.
 M2DET_HD float decayWeight(float iou, int32_t method, float iouThreshold, float sigma)
 {
     if (method == M2DET_SOFT_NMS_HARD)
-        return iou > iouThreshold ? 0.0F : 1.0F;
+        return decayWeightOf<M2DET_SOFT_NMS_HARD>(iou, iouThreshold, sigma);
     if (method == M2DET_SOFT_NMS_LINEAR)
-        return iou > iouThreshold ? 1.0F - iou : 1.0F;
-    return expf(-(iou * iou) / sigma);
+        return decayWeightOf<M2DET_SOFT_NMS_LINEAR>(iou, iouThreshold, sigma);
+    return decayWeightOf<M2DET_SOFT_NMS_GAUSSIAN>(iou, iouThreshold, sigma);
 }
 
 //! Emission order: (score, anchor) beats (otherScore, otherAnchor) when its score is higher, ties by
