@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from m2det import contract
 from m2det.detections import Detections
 from m2det.engines import soft_nms_kernel as snk
 from m2det.errors import M2DetError
@@ -94,16 +95,17 @@ def make_case(seed: int, index: int, work: int = 5_000_000, full_every: int = 50
     method = Method(int(rng.integers(0, 3)))
     full = full_every > 0 and index % full_every == full_every - 1
     keep = 50 if full else int(rng.choice([0, 1, 10, 50, 100, 500]))
-    max_cand = int(rng.choice([1, 7, 100, 1000, 4096, int(rng.integers(1, 4097))]))
+    top = contract.MAX_CANDIDATES
+    max_cand = int(rng.choice([1, 7, 100, 1000, top, int(rng.integers(1, top + 1))]))
     if full:
-        batch, classes, anchors, max_cand = 32, 80, 4096, 4096
+        batch, classes, anchors, max_cand = 32, 80, top, top
     else:
         batch = _choose(rng, [1, 32], 1, 32)
         classes = _choose(rng, [1, 80], 1, 80)
         if rng.random() < 0.3:  # the edges, and more anchors than max_candidates can take
-            anchors = int(rng.choice([50, 4096, 4097, 12_000]))
+            anchors = int(rng.choice([50, top, top + 1, 12_000]))
         else:
-            anchors = int(np.exp(rng.uniform(np.log(50), np.log(4096))))
+            anchors = int(np.exp(rng.uniform(np.log(50), np.log(top))))
         while anchors > 50 and case_work(batch, anchors, classes, max_cand, keep) > work:
             anchors = max(50, anchors // 2)
     boxes = _boxes(rng, batch, anchors)
@@ -120,10 +122,10 @@ def make_case(seed: int, index: int, work: int = 5_000_000, full_every: int = 50
         boxes[inv] = boxes[inv][:, [2, 3, 0, 1]]
     if rng.random() < 0.5:
         scores = scores.astype(np.float16)
-    k = int(rng.choice([0, 1, 20, 100, 300, 4096]))
+    k = int(rng.choice([0, 1, 20, 100, 300, contract.MAX_DETECTIONS]))
     keep_cap = min(max_cand, anchors, keep or anchors)
-    if k == 0 and classes * keep_cap > snk.MAX_CUDA_DETECTIONS:
-        k = snk.MAX_CUDA_DETECTIONS  # "no cap" needs K = C*keep_cap <= 4096 on the kernel
+    if k == 0 and classes * keep_cap > contract.MAX_DETECTIONS:
+        k = contract.MAX_DETECTIONS  # "no cap" means K = C*keep_cap, which the kernel caps
     params = NMSParams(
         method=method,
         score_threshold=0.1 if full else float(rng.choice([0.0, 0.05, 0.1, 0.3])),
