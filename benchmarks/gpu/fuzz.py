@@ -240,7 +240,7 @@ def run_fuzz(candidate: Candidate, cases: int, seed: int = 0, *, work: int = 5_0
     result = FuzzResult(seed, work, full_every)
     t0 = time.monotonic()
     workers = workers or os.cpu_count() or 1
-    full_size = (32, 4096, 80)
+    full_size = (32, contract.MAX_CANDIDATES, 80)
 
     def job(i: int) -> tuple[Case, str | None, bool]:
         case = make_case(seed, i, work, full_every)
