@@ -279,7 +279,10 @@ def run_fuzz(candidate: Candidate, cases: int, seed: int = 0, *, work: int = 5_0
 
 
 def cuda_candidate() -> Candidate:
-    """The CUDA kernel through the C ABI (``soft_nms_cuda``: host arrays in, host out)."""
+    """The CUDA kernel through the C ABI (``soft_nms_cuda``: host arrays in, host out). Loads
+    the library here, once, before worker threads call it."""
+    snk.load_library(snk.CUDA_LIBRARY)
+
     def run(boxes: np.ndarray, scores: np.ndarray, params: NMSParams) -> Detections:
         return snk.soft_nms_cuda(boxes, scores, params)
     return run

@@ -103,11 +103,14 @@ def import_official(root: Path) -> types.SimpleNamespace:
                                  nms_process=core.nms_process)
 
 
-def _child(args: argparse.Namespace) -> dict[str, Any]:
+def _child(args: argparse.Namespace) -> None:
+    """Print one JSON line per size ({"row": ...}) as soon as it is measured, then
+    {"torch": version}."""
     import cv2
     import torch
 
     from m2det.benchmarks.gpu.seeded_model import Calibration, apply_calibration, seeded_model
+    from m2det.benchmarks.gpu.timer import stats
     from m2det.checkpoint import ours_to_official
     from m2det.config import get_config
 
@@ -122,7 +125,6 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         raise M2DetError("the official pipeline could not read an image")
     off = import_official(Path(args.root))
     cuda = args.device == "cuda"
-    rows = []
     for size, state in states.items():
         cfg = official_config(Path(args.root), size)
         net = off.build_net("test", size=size, config=cfg.model.m2det_config)
@@ -137,8 +139,12 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         num_classes = cfg.model.m2det_config.num_classes
         detector = off.Detect(num_classes, cfg.loss.bkg_label, anchor_config)
         transform = off.BaseTransform(size, cfg.model.rgb_means, (2, 0, 1))
-        times, kept = [], []
+        times: list[float] = []
+        kept: list[int] = []
+        stop = time.monotonic() + args.seconds_per_size
         for it in range(args.warmup + args.iters):
+            if len(times) >= 3 and time.monotonic() > stop:
+                break
             img = images[it % len(images)]
             all_boxes: list[list[Any]] = [[[]] for _ in range(num_classes)]
             t0 = time.perf_counter()
@@ -149,33 +155,57 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
             if it >= args.warmup:
                 times.append(dt)
                 kept.append(sum(len(all_boxes[j][0]) for j in range(1, num_classes)))
-        times.sort()
-        rows.append({"size": size, "batch": 1, "precision": "fp32", "iters": len(times),
-                     "fps": 1e3 * len(times) / sum(times), "p50_ms": times[len(times) // 2],
-                     "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
-                     "mean_kept_per_image": sum(kept) / len(kept)})
+        s = stats(times)
+        row = {"size": size, "batch": 1, "precision": "fp32", "fps": 1e3 / s["mean_ms"],
+               "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "mean_ms": s["mean_ms"],
+               "iters": len(times), "warmup": args.warmup,
+               "mean_kept_per_image": sum(kept) / len(kept)}
+        print(json.dumps({"row": row}), flush=True)
         del net
         if cuda:
             torch.cuda.empty_cache()
-    return {"rows": rows, "torch": torch.__version__}
+    print(json.dumps({"torch": torch.__version__}), flush=True)
+
+
+def _lines(out: str | bytes | None) -> list[dict[str, Any]]:
+    text = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return found
 
 
 def run_official(root: Path, calibrations: dict[int, dict[str, float]], images: list[Path],
                  device: str, iters: int, warmup: int, timeout_s: float) -> dict[str, Any]:
     """Time the official pipeline in a child process; ``calibrations``: size -> {"gain",
-    "offset"} of ``seeded_model.Calibration``. Returns {"rows": [...], "torch": version}."""
+    "offset"} of ``seeded_model.Calibration``. Each size gets about an equal share of
+    ``timeout_s`` (at least 3 timed images). Returns {"rows": [...], "torch": version,
+    "complete": bool}; the sizes measured before a timeout are kept."""
+    share = max(1.0, 0.6 * timeout_s / max(1, len(calibrations)))
     cmd = [sys.executable, "-m", "m2det.benchmarks.gpu.official_pipeline", "--root", str(root),
            "--device", device, "--iters", str(iters), "--warmup", str(warmup),
+           "--seconds-per-size", f"{share:.1f}",
            "--calibrations", json.dumps({str(k): v for k, v in calibrations.items()}),
            "--images", *map(str, images)]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise M2DetError(f"the official pipeline ran past its {timeout_s:.0f} s budget") from None
+    except subprocess.TimeoutExpired as e:
+        rows = [d["row"] for d in _lines(e.stdout) if "row" in d]
+        if not rows:
+            raise M2DetError(f"the official pipeline ran past its {timeout_s:.0f} s budget "
+                             "before finishing a size") from None
+        return {"rows": rows, "torch": None, "complete": False}
     if run.returncode != 0:
         tail = " | ".join((run.stdout + run.stderr).strip().splitlines()[-8:])
         raise M2DetError(f"the official pipeline failed (exit {run.returncode}): {tail}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    found = _lines(run.stdout)
+    torch_version = next((d["torch"] for d in found if "torch" in d), None)
+    return {"rows": [d["row"] for d in found if "row" in d], "torch": torch_version,
+            "complete": True}
 
 
 def main() -> int:
@@ -185,9 +215,9 @@ def main() -> int:
     p.add_argument("--iters", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--calibrations", required=True)
+    p.add_argument("--seconds-per-size", type=float, default=60.0)
     p.add_argument("--images", nargs="+", required=True)
-    result = _child(p.parse_args())
-    print(json.dumps(result))
+    _child(p.parse_args())
     return 0
 
 

@@ -241,7 +241,8 @@ def step_official_pipeline(ctx: Context) -> None:
     key = "dry_run_official_pipeline" if ctx.dry_run else "official_pipeline"
     ctx.report[key] = rows
     ctx.report["official_code"] = {"root": str(root), "cpu_nms": built,
-                                   "manifest": _manifest(root)}
+                                   "manifest": _manifest(root), "torch": result["torch"],
+                                   "all_sizes_measured": result["complete"]}
 
 
 def step_onnxruntime_cuda(ctx: Context) -> None:
