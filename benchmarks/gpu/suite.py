@@ -218,6 +218,8 @@ def step_official_pipeline(ctx: Context) -> None:
         raise Skip(f"no official code at {ctx.official} (prepare it with python -m "
                    "m2det.benchmarks.gpu.official_code /path/to/M2Det)")
     root = check_checkout(ctx.official)
+    if not ctx.pool_paths:
+        raise Skip("the official pipeline reads image files, and no real images were found")
     try:
         built = f"built here: {build_cpu_nms(root).name}"
     except M2DetError as e:
