@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_dry_run(tmp_path: Path) -> None:
     _needs_cmake()
     run = subprocess.run(["bash", str(RUN_SH), "--dry-run", str(tmp_path), "--fuzz-cases", "80"],
                          capture_output=True, text=True, timeout=900, cwd=REPO,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable})
     assert run.returncode == 0, run.stderr[-3000:]
     assert not (tmp_path / "gpu.json").exists()
     rep = json.loads((tmp_path / "gpu.dry-run.json").read_text())
