@@ -152,6 +152,13 @@ def test_gaussian_comparison_allows_only_cut_differences() -> None:
     assert fuzz.gaussian_difference(far, ref, params) is not None
     missing = _dets([[(0.0100001, 0, [0, 0, 0.5, 0.5])]])  # a 0.9 entry lost: above the cut
     assert fuzz.gaussian_difference(missing, ref, params) is not None
+    # keep_per_class 1: which of two near-tied boxes is the class's one emission may differ
+    keep1 = NMSParams(Method.GAUSSIAN, min_score=0.01, keep_per_class=1, max_detections=0)
+    a = _dets([[(0.5, 0, [0, 0, 1, 1])]])
+    b = _dets([[(0.5 * (1 + 1e-6), 0, [0, 0, 0.9, 0.9])]])
+    assert fuzz.gaussian_difference(a, b, keep1) is None
+    c = _dets([[(0.4, 0, [0, 0, 0.9, 0.9])]])  # not a near tie: a real difference
+    assert fuzz.gaussian_difference(a, c, keep1) is not None
 
 
 def test_fuzz_counts_a_broken_candidate(cpu_reference: None) -> None:

@@ -11,7 +11,8 @@ except for a few full-size cases (B=32, A=4096, C=80).
 Agreement is the spec's (``plugins/soft_nms/README.md``): hard and linear are bit-identical
 (count, boxes, scores, classes, in order, and zero padding); gaussian may differ only by the exp
 implementation: shared entries within ``GAUSSIAN_RTOL``, an entry present in one result only if it
-sits at a cut (min_score, or the K-th score of a full result), both sorted descending.
+sits at a cut (min_score, the K-th score of a full result, the last score of a class that
+reached keep_per_class), both sorted descending.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ def exact_difference(got: Detections, ref: Detections) -> str | None:
 
 
 def gaussian_difference(got: Detections, ref: Detections, params: NMSParams) -> str | None:
-    """None when gaussian results agree up to the exp implementation (module docstring)."""
+    """None when gaussian results agree up to the exp implementation (module docstring): an
+    entry found in one result only must sit at a cut of the other within ``GAUSSIAN_RTOL``:
+    ``min_score``; the K-th score when the other result is full; the lowest score of its class
+    when the other result emitted ``keep_per_class`` of that class."""
     if len(got) != len(ref):
         return f"batch {len(got)} vs {len(ref)}"
     for b in range(len(ref)):
@@ -179,11 +183,15 @@ def gaussian_difference(got: Detections, ref: Detections, params: NMSParams) -> 
                 return f"image {b}: {key} score {g[key]} vs {r[key]}"
         for only, other in ((g.keys() - r.keys(), r), (r.keys() - g.keys(), g)):
             full = params.max_detections > 0 and len(other) == params.max_detections
-            cut = max(min(other.values()), params.min_score) if full else params.min_score
             for key in only:
+                cuts = [params.min_score] + ([min(other.values())] if full else [])
+                in_class = [v for k, v in other.items() if k[0] == key[0]]
+                if params.keep_per_class > 0 and len(in_class) == params.keep_per_class:
+                    cuts.append(min(in_class))
                 s = g.get(key, r.get(key))
-                if s is None or s > cut * (1 + GAUSSIAN_RTOL):
-                    return f"image {b}: {key} score {s} in one result only, above the cut {cut}"
+                if s is None or s > max(cuts) * (1 + GAUSSIAN_RTOL):
+                    return (f"image {b}: {key} score {s} in one result only, above the cuts "
+                            f"{max(cuts)}")
     return None
 
 
