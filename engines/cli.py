@@ -43,17 +43,27 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
     exclusive.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
     exclusive.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
+    exclusive.add_argument("--triton", metavar="HOST:PORT", help="a Triton server serving an "
+                           "m2det-triton repository (grpc://HOST:PORT: gRPC)")
+    group.add_argument("--triton-model", default="m2det_net", help="the model --triton runs")
     group.add_argument("--config", help="config preset of a checkpoint that records none "
                                         "(checked against the recorded one otherwise)")
     group.add_argument("--device", default="cpu", help="cpu or cuda")
     group.add_argument("--fp16", action="store_true", help="checkpoints on CUDA: autocast FP16")
 
 
-def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
-    """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
+def _open_runner(args: argparse.Namespace) -> tuple[Any, Path | str]:
+    """(runner, artifact) for --ckpt/--onnx/--engine/--triton (default: the bundled checkpoint)."""
     from m2det.config import get_config
     from m2det.engines.registry import default_checkpoint, load_runner
 
+    if args.triton is not None:
+        from m2det.engines.triton.runner import TritonRunner
+
+        if args.fp16 or args.device != "cpu" or args.config is not None:
+            raise M2DetError("--device/--fp16/--config do not apply to --triton (the served "
+                             "model fixes them)")  # fmt: skip
+        return TritonRunner(args.triton, nms_from_args(args), model=args.triton_model), args.triton
     if args.config is not None:
         get_config(args.config)  # unknown names fail first, listing the valid ones
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
