@@ -294,3 +294,47 @@ def test_options_are_checked_before_work(tmp_path: Path) -> None:
                          ({"queue_delay_us": -1}, "--queue-delay-us")]:
         with pytest.raises(M2DetError, match=message):
             dataclasses.replace(RepositoryOptions(), **bad).check()
+
+
+# ----------------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "arguments are required"),
+    (["--onnx", "missing.onnx", "--out", "r"], "not found: missing.onnx"),
+    (["--onnx", "{onnx}", "--out", "{tmp}"], "exists: pass --force"),
+    (["--onnx", "{onnx}", "--out", "r", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--onnx", "{onnx}", "--out", "r", "--config", "m2det_tiny"], "--config applies to"),
+    (["--onnx", "{onnx}", "--out", "r", "--preferred", "a"], "expected integers"),
+    (["serve", "nowhere"], "model repository not found: nowhere"),
+    (["serve", "{tmp}", "--http-port", "70000"], "--http-port must be in 0..65535"),
+    (["check", "{tmp}"], "no models"),
+    (["model-env", "{tmp}"], "exists: choose a new folder"),
+])
+def test_cli_errors_are_one_line(tiny_onnx: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                 message: str) -> None:
+    from m2det.engines.triton.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(onnx=tiny_onnx, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("m2det-triton") and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_writes_and_checks_a_repository(tiny_onnx: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from m2det.engines.triton.cli import main
+
+    repo = tmp_path / "repo"
+    assert main(["--onnx", str(tiny_onnx), "--out", str(repo), "--name", "tiny",
+                 "--preferred", "4,8", "--queue-delay-us", "500", "--instances", "2",
+                 "--threads", "1", "--nms", "hard"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and f"m2det-triton serve {repo}" in out
+    assert main(["check", str(repo)]) == 0
+    assert "every config is valid" in capsys.readouterr().out
+    cfg = (repo / "tiny_net" / "config.pbtxt").read_text()
+    assert "preferred_batch_size: 4" in cfg and "max_queue_delay_microseconds: 500" in cfg
+    assert "count: 2" in cfg and '\\"method\\": 0' in cfg and '\\"threads\\": 1' in cfg

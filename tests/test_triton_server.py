@@ -260,6 +260,24 @@ def test_the_repository_readmes_curl_example(server: Any, repo: Path, local: Any
     assert outputs["detection_classes"]["data"] == classes.tolist()
 
 
+def test_bench_measures_triton_in_the_benchmark_schema(server: Any, tmp_path: Path) -> None:
+    import jsonschema
+
+    from m2det.benchmarks.cli import main as bench_main
+
+    out = tmp_path / "bench.json"
+    assert bench_main(["--triton", "grpc://" + server.grpc_url, "--batch", "1,2", "--iters", "3",
+                       "--warmup", "1", "--pool", "4", "--concurrency", "1,3", "--json", str(out),
+                       "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    schema = json.loads((Path(__file__).parents[1] / "benchmarks/schema.json").read_text())
+    jsonschema.validate(results, schema)
+    rows = results["rows"]
+    assert [(r["batch"], r["concurrency"]) for r in rows] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    assert all(r["backend"] == "triton" and r["fps"] > 0 for r in rows)
+    assert rows[0]["artifact"].endswith("/m2det_net") and rows[0]["source"].endswith(".onnx")
+
+
 def test_serve_cli_serves_until_ctrl_c_and_leaves_nothing(repo: Path) -> None:
     import tritonclient.http as http
 

@@ -2,9 +2,9 @@
 numpy 2 (the bundled server's Python backend needs numpy < 2).
 
 ENV is a venv over this Python's base interpreter (``--system-site-packages``) with numpy < 2 of
-its own and a ``.pth`` file that adds this environment's site-packages after it (``site.addsitedir``,
-so editable installs work too): the models see numpy < 2 first and every other package (m2det,
-onnxruntime, opencv) from here. ``m2det-triton serve --model-env ENV`` (or
+its own and a ``.pth`` file that adds this environment's site-packages after it
+(``site.addsitedir``, so editable installs work too): the models see numpy < 2 first and every
+other package (m2det, onnxruntime, opencv) from here. ``m2det-triton serve --model-env ENV`` (or
 ``$M2DET_TRITON_MODEL_ENV``) uses it.
 """
 

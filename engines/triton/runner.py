@@ -134,6 +134,7 @@ class TritonRunner(Runner):
                          precision=params.get("precision", "fp32"))
         self.max_batch = int(cfg.get("max_batch_size", 0)) or 1
         self.served_config = cfg
+        self.parameters = params
 
     @property
     def batch_range(self) -> tuple[int, int]:
