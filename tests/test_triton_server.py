@@ -278,6 +278,22 @@ def test_bench_measures_triton_in_the_benchmark_schema(server: Any, tmp_path: Pa
     assert rows[0]["artifact"].endswith("/m2det_net") and rows[0]["source"].endswith(".onnx")
 
 
+@pytest.mark.slow
+def test_serving_benchmark_runs_and_writes_its_json(repo: Path, tmp_path: Path) -> None:
+    from m2det.benchmarks.triton_serving import main as serving_main
+
+    out = tmp_path / "serving.json"
+    assert serving_main(["--onnx", str(repo / "m2det_net/1/model.onnx"), "--duration", "0.2",
+                         "--rounds", "1", "--concurrency", "2", "--threads", "1",
+                         "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["setup"] for r in doc["rows"]] == ["in-process b1", "in-process b8",
+                                                 "server grpc c2", "server http c2",
+                                                 "server net c2"]
+    assert all(r["images_per_s"] > 0 for r in doc["rows"])
+    assert doc["rows"][2]["server_batch"] >= 1 and doc["load_average"]
+
+
 def test_serve_cli_serves_until_ctrl_c_and_leaves_nothing(repo: Path) -> None:
     import tritonclient.http as http
 

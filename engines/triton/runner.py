@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,7 @@ class TritonRunner(Runner):
 
     ``nms``: post-processing for models with raw outputs; a model with NMS outputs applies the
     NMS it was written with (a different ``nms`` draws a warning). ``model``: the model name.
+    Threads may share a runner: each uses a connection of its own.
     """
 
     backend = "triton"
@@ -114,8 +116,12 @@ class TritonRunner(Runner):
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
-        self._client, self._module, self.protocol = connect(url, timeout_s)
-        cfg = model_config(self._client, self.protocol, model, url)
+        client, self._module, self.protocol = connect(url, timeout_s)
+        self._local = threading.local()
+        self._local.client = client
+        self._clients = [client]
+        self._lock = threading.Lock()
+        cfg = model_config(client, self.protocol, model, url)
         params = _parameters(cfg, url)
         inputs = {t["name"]: t for t in cfg.get("input", [])}
         if contract.INPUT not in inputs:
@@ -144,10 +150,26 @@ class TritonRunner(Runner):
     def name(self) -> str:
         return f"triton-{self.precision}"
 
+    def _client(self) -> Any:
+        """This thread's connection (tritonclient's HTTP client only works in the thread that
+        made it, so each thread gets its own)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client, _, _ = connect(self.url, self.timeout_s)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
     def deactivate(self) -> None:
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a connection of a finished thread
+                pass
+        self._local = threading.local()
 
     def infer(self, images: Any) -> Detections:
         """images [B,3,S,S] float32 BGR 0-255 -> Detections (normalized boxes)."""
@@ -173,7 +195,7 @@ class TritonRunner(Runner):
         inp.set_data_from_numpy(x)
         outs = [m.InferRequestedOutput(name) for name in self.outputs]
         try:
-            result = self._client.infer(self.model, [inp], outputs=outs)
+            result = self._client().infer(self.model, [inp], outputs=outs)
             arrays = {name: result.as_numpy(name) for name in self.outputs}
         except ValueError as e:  # a tensor with fewer bytes than its shape
             raise M2DetError(f"Triton at {self.url} returned malformed outputs ({e}); Python "
