@@ -260,7 +260,8 @@ def test_the_repository_readmes_curl_example(server: Any, repo: Path, local: Any
     assert outputs["detection_classes"]["data"] == classes.tolist()
 
 
-def test_bench_measures_triton_in_the_benchmark_schema(server: Any, tmp_path: Path) -> None:
+def test_bench_measures_triton_in_the_benchmark_schema(server: Any, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     import jsonschema
 
     from m2det.benchmarks.cli import main as bench_main
@@ -276,6 +277,8 @@ def test_bench_measures_triton_in_the_benchmark_schema(server: Any, tmp_path: Pa
     assert [(r["batch"], r["concurrency"]) for r in rows] == [(1, 1), (1, 3), (2, 1), (2, 3)]
     assert all(r["backend"] == "triton" and r["fps"] > 0 for r in rows)
     assert rows[0]["artifact"].endswith("/m2det_net") and rows[0]["source"].endswith(".onnx")
+    table = capsys.readouterr().out
+    assert "| batch | clients |" in table and "| triton | fp32 | 160 | 2 | 3 |" in table
 
 
 @pytest.mark.slow

@@ -180,6 +180,7 @@ def _serve(argv: Sequence[str]) -> int:
                            model_env=args.model_env, ready_timeout=args.ready_timeout,
                            log=args.log, needs_onnxruntime=needs_ort)  # fmt: skip
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it (&)
     try:
         server.start()
         print(f"{PROG}: serving {', '.join(models)} from {args.repo} (ready in "
@@ -190,9 +191,10 @@ def _serve(argv: Sequence[str]) -> int:
         raise M2DetError(f"tritonserver exited with code {code}: {server.errors()}")
     finally:
         report = server.stop()
-        if report.removed:
-            print(f"{PROG}: removed {len(report.removed)} leftover(s) of the server",
-                  file=sys.stderr)
+        leftovers = [p for p in report.removed if not p.endswith("__pycache__")]
+        if leftovers:
+            print(f"{PROG}: removed what the server left behind: {', '.join(leftovers)}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
