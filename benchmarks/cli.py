@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--ckpt", type=Path, help="Checkpoint (.pth).")
     one.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
     one.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
+    one.add_argument("--triton", metavar="HOST:PORT", help="A Triton server serving an "
+                     "m2det-triton repository (grpc://HOST:PORT for gRPC).")
+    a.add_argument("--triton-model", default="m2det_net", help="The model --triton measures.")
     a.add_argument("--config", help="Preset of a checkpoint that records none, or of an ONNX "
                                     "file whose metadata was stripped.")
     a.add_argument("--sweep", type=int_list, metavar="S,S,...",
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--warmup", type=int, default=5, help="Untimed iterations first.")
     m.add_argument("--pool", type=int, default=16,
                    help="Different images the iterations rotate through.")
+    m.add_argument("--concurrency", type=int_list, default=None, metavar="N,N",
+                   help="With --triton: concurrent clients, as perf_analyzer's concurrency mode "
+                        "(default: 1).")  # fmt: skip
     m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime.")
     m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset.")
     m.add_argument("--score-threshold", type=float, metavar="F",
@@ -191,6 +197,15 @@ def _bench(argv: Sequence[str] | None) -> int:
         raise M2DetError(f"--calib-count must be >= 1, got {args.calib_count}")
     settings = settings_from_args(args)
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]
+    if args.triton is not None or args.concurrency is not None:
+        from m2det.benchmarks.triton_load import run_triton_benchmark
+
+        if args.triton is None:
+            raise M2DetError("--concurrency applies to --triton")
+        if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
+            raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints")
+        return _report(run_triton_benchmark(args.triton, settings, args.concurrency or (1,),
+                                            command, args.triton_model), args)  # fmt: skip
     artifact = args.onnx or args.engine
     if artifact is not None:
         variant = _artifact_variant(artifact, args, settings)

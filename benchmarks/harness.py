@@ -216,6 +216,9 @@ def format_table(results: dict[str, Any]) -> str:
     head = ["backend", "precision", "size", "batch", "weights", "pre p50 ms", "net p50 ms",
             "nms p50 ms", "total p50 ms", "FPS (img/s)", "FPS net+NMS", "peak RSS MB", "AP",
             "AP50"]
+    clients = any("concurrency" in r for r in results["rows"])  # m2det-bench --triton
+    if clients:
+        head.insert(4, "clients")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results["rows"]:
         lat, acc = r["latency_ms"], r["accuracy"] or {}
@@ -225,5 +228,7 @@ def format_table(results: dict[str, Any]) -> str:
                  _fmt(r["fps_network_nms"], 2), _fmt(r["host_peak_rss_mb"], 0),
                  _fmt(acc.get("AP"), 3, "g"),
                  _fmt(acc.get("AP50"), 3, "g")]  # fmt: skip
+        if clients:
+            cells.insert(4, str(r.get("concurrency", 1)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -43,6 +43,9 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
     exclusive.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
     exclusive.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
+    exclusive.add_argument("--triton", metavar="HOST:PORT", help="A Triton server serving an "
+                           "m2det-triton repository (grpc://HOST:PORT for gRPC).")
+    group.add_argument("--triton-model", default="m2det_net", help="The model --triton runs.")
     group.add_argument("--config", help="Config preset of a checkpoint that records none, or "
                                         "of an ONNX file whose metadata was stripped (checked "
                                         "against the recorded one otherwise).")
@@ -52,9 +55,13 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
 
 
 def _check_artifact(args: argparse.Namespace) -> None:
-    """The model options, before any work: preset name, device, file present."""
+    """The model options, before any work: preset name, device, file present, and nothing that
+    does not apply to --triton (the served model fixes it)."""
     from m2det.config import get_config
 
+    if args.triton is not None and (args.fp16 or args.device != "cpu" or args.config is not None):
+        raise M2DetError("--device/--fp16/--config do not apply to --triton (the served model "
+                         "fixes them)")
     if args.config is not None:
         get_config(args.config)  # unknown names fail first, listing the valid ones
     parse_device(args.device)
@@ -64,10 +71,14 @@ def _check_artifact(args: argparse.Namespace) -> None:
             raise M2DetError(f"{what} not found: {path}")
 
 
-def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
-    """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
+def _open_runner(args: argparse.Namespace) -> tuple[Any, Path | str]:
+    """(runner, artifact) for --ckpt/--onnx/--engine/--triton (default: the bundled checkpoint)."""
     from m2det.engines.registry import default_checkpoint, load_runner
 
+    if args.triton is not None:
+        from m2det.engines.triton.runner import TritonRunner
+
+        return TritonRunner(args.triton, nms_from_args(args), model=args.triton_model), args.triton
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
     runner = load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
                          fp16=args.fp16)  # fmt: skip

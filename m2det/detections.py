@@ -65,6 +65,21 @@ class Detections:
             out.boxes[i, :n], out.scores[i, :n], out.classes[i, :n] = bx[:n], sc[:n], cl[:n]
         return out
 
+    @classmethod
+    def concatenate(cls, parts: list[Detections]) -> Detections:
+        """One batch of ``parts`` (in order), padded to the largest K."""
+        if len(parts) == 1:
+            return parts[0]
+        k = max(p.boxes.shape[1] for p in parts)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.pad(a, [(0, 0), (0, k - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+        return cls(np.concatenate([p.num for p in parts]),
+                   np.concatenate([pad(p.boxes) for p in parts]),
+                   np.concatenate([pad(p.scores) for p in parts]),
+                   np.concatenate([pad(p.classes) for p in parts]))  # fmt: skip
+
     def scaled(self, sizes: list[tuple[int, int]]) -> Detections:
         """Boxes in pixels of each original image, ``sizes[b] = (width, height)``."""
         wh = np.array([[w, h, w, h] for w, h in sizes], np.float32)[:, None, :]

@@ -179,7 +179,7 @@ def test_detect_errors(case: str, expect: str, tiny_ckpt: Path, tmp_path: Path,
     ("missing_ann", "annotation file not found"),
     ("missing_images", "image folder not found"),
     ("class_mismatch", "has 2 categories but the model predicts 5 classes"),
-    ("no_model", "one of the arguments --ckpt --onnx --engine is required"),
+    ("no_model", "one of the arguments --ckpt --onnx --engine --triton is required"),
     ("unknown_suffix", "unknown artifact type"),
     ("all_unreadable", "none of the 3 images"),
 ])  # fmt: skip

@@ -76,6 +76,7 @@ def test_wheel_adds_only_the_m2det_namespace(tmp_path: Path) -> None:
     for sub in ("export", "engines", "benchmarks"):
         assert (site / "m2det" / sub / "__init__.py").is_file(), f"m2det.{sub} is not installed"
     assert (site / "m2det" / "benchmarks" / "schema.json").is_file()
+    assert (site / "m2det" / "engines" / "triton" / "python_model.py").is_file()
     assert (site / "m2det" / "assets" / "m2det_tiny_shapes.pth").is_file()
     # console scripts point into the namespace
     entry_points = next(site.glob("m2det_deploy-*.dist-info")) / "entry_points.txt"
