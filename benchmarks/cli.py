@@ -205,7 +205,7 @@ def _bench(argv: Sequence[str] | None) -> int:
         if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
             raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints")
         return _report(run_triton_benchmark(args.triton, settings, args.concurrency or (1,),
-                                            command, args.triton_model), args)  # fmt: skip
+                                            command, args.triton_model), args, console)  # fmt: skip
     artifact = args.onnx or args.engine
     if artifact is not None:
         variant = _artifact_variant(artifact, args, settings)

@@ -34,9 +34,8 @@ import numpy as np
 from m2det.benchmarks.environment import environment
 from m2det.benchmarks.image_pool import synthetic_pool
 from m2det.benchmarks.timing import latency_stats
-from m2det.cli import make_parser, run_cli
+from m2det.cli import Console, make_parser, run_cli
 from m2det.errors import M2DetError
-from m2det.io import atomic_write_json
 
 PROG = "triton_serving"
 
@@ -235,7 +234,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime threads, in process and in the server (default: ORT's)")
     p.add_argument("--model-env", type=Path, help="the models' Python environment (see "
                    "m2det-triton serve --model-env)")
-    p.add_argument("--json", type=Path, help="results JSON")
     return p
 
 
@@ -243,6 +241,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from m2det.engines.triton.repository import RepositoryOptions, write_repository
 
     args = _parser().parse_args(argv)
+    console = Console.from_args(PROG, args)
     try:
         concurrency = tuple(sorted({int(c) for c in args.concurrency.split(",") if c.strip()}))
     except ValueError:
@@ -267,10 +266,8 @@ def _main(argv: Sequence[str] | None) -> int:
                         "threads": args.threads},
            "rows": result["rows"],
            "notes": ["images/s: median over rounds; server and clients share this machine"]}
-    print(_table(result["rows"], base))
-    if args.json is not None:
-        atomic_write_json(args.json, doc)
-        print(f"wrote {args.json}")
+    console.result(_table(result["rows"], base))
+    console.write_json(doc)
     return 0
 
 

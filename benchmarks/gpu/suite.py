@@ -395,7 +395,6 @@ def _main(argv: Sequence[str] | None) -> int:
                    + ", ".join(n for n, _, _ in STEPS))
     p.add_argument("--compile", action="store_true",
                    help="also time a torch.compile variant at batch 1 (compiling takes minutes)")
-    p.add_argument("--debug", action="store_true", help="tracebacks of failed steps")
     args = p.parse_args(argv)
     from m2det.benchmarks.gpu.report import evaluate_targets, new_report, write
 
