@@ -214,12 +214,16 @@ def test_fixed_batch_and_plugin_onnx_are_refused(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- TensorRT plans
-def test_plugin_plan_repository(tmp_path: Path) -> None:
+def test_plugin_plan_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from m2det.engines.triton.repository import (
         RepositoryOptions,
         check_repository,
         write_repository,
     )
+
+    # no plugin library to be found by default (other tests may have built plugins/)
+    monkeypatch.delenv("M2DET_PLUGIN_LIB", raising=False)
+    monkeypatch.setenv("M2DET_SOFTNMS_LIB_DIR", str(tmp_path / "no-build"))
 
     plan = _plan(tmp_path, contract.GRAPH_NMS_PLUGIN, (1, 4, 16), plugin=True)
     with pytest.raises(M2DetError, match="--plugin-lib"):

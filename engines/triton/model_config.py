@@ -19,7 +19,8 @@ What :func:`check_config` enforces, beyond the schema:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from m2det import contract
@@ -260,3 +261,17 @@ def _check_outputs(name: str, config: dict[str, Any], expected: Expected, platfo
         raise M2DetError(f"model {name!r}: outputs {list(outputs)}, expected {list(names)}")
     for tensor, (dtype, dims) in want.items():
         _expect_tensor(name, outputs, tensor, dtype, dims, "output")
+
+
+@dataclass
+class Model:
+    """One model of a repository: its config (Triton's field names) and the files of version 1
+    (name in the version folder -> source)."""
+
+    config: dict[str, Any]
+    files: dict[str, Path]
+    extra: dict[str, Path] = field(default_factory=dict)  # beside config.pbtxt
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])

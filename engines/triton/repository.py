@@ -32,6 +32,8 @@ from typing import Any
 from m2det import contract
 from m2det.engines.triton import model_config as mc
 from m2det.engines.triton.artifact import ONNX, PLAN, Artifact, describe_onnx, describe_plan
+from m2det.engines.triton.model_config import Model
+from m2det.engines.triton.repository_readme import repository_readme, serve_script
 from m2det.errors import M2DetError
 from m2det.nms import NMSParams, get_nms_params
 
@@ -77,20 +79,6 @@ class RepositoryOptions:
             raise M2DetError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads is not None and self.threads < 1:
             raise M2DetError(f"--threads must be >= 1, got {self.threads}")
-
-
-@dataclass
-class Model:
-    """One model of a repository: its config (Triton's field names) and the files of version 1
-    (name in the version folder -> source)."""
-
-    config: dict[str, Any]
-    files: dict[str, Path]
-    extra: dict[str, Path] = dataclasses.field(default_factory=dict)  # beside config.pbtxt
-
-    @property
-    def name(self) -> str:
-        return str(self.config["name"])
 
 
 @dataclass(frozen=True)
@@ -322,7 +310,6 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _write_root_files(folder: Path, models: list[Model], art: Artifact) -> None:
     """README.md and serve.sh (Triton loads only folders, so files at the root ride along)."""
-    from m2det.engines.triton.repository_readme import repository_readme, serve_script
 
     (folder / "README.md").write_text(repository_readme(models, art))
     script = folder / "serve.sh"

@@ -10,7 +10,7 @@ from m2det import contract
 
 if TYPE_CHECKING:
     from m2det.engines.triton.artifact import Artifact
-    from m2det.engines.triton.repository import Model
+    from m2det.engines.triton.model_config import Model
 
 
 def serve_script(models: list[Model], art: Artifact) -> str:
