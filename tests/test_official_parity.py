@@ -16,8 +16,9 @@ from m2det.checkpoint import official_to_ours, ours_to_official
 from m2det.config import PRESETS, get_config
 from m2det.model import M2Det
 from m2det.priors import make_priors
+from m2det.seeded_weights import seeded_state
 from m2det.state_dict import check_and_load
-from tests.official.official_outputs import seeded_input, seeded_state
+from tests.official.official_outputs import seeded_input
 
 GOLDEN = Path(__file__).parent / "official" / "golden"
 

@@ -2,7 +2,7 @@
 the stand-in for trained COCO weights when timing post-processing and whole pipelines.
 
 Weights: every official-layout key drawn from its own generator seeded by the key (the recipe of
-the official-parity fixtures, ``tests/official/official_outputs.seeded_state``), loaded through
+the official-parity fixtures, ``m2det.seeded_weights.seeded_state``), loaded through
 ``m2det.checkpoint.official_to_ours``; the official model code loads the same tensors through
 ``ours_to_official``. Random weights give near-uniform softmax scores, so nothing would pass
 the 0.05/0.1 score thresholds. The conf head is therefore calibrated: its foreground logits are
@@ -20,39 +20,19 @@ candidates overlap the way neighbouring priors do.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from m2det.checkpoint import check_and_load, official_to_ours, ours_to_official
+from m2det.checkpoint import official_to_ours, ours_to_official
 from m2det.config import M2DetConfig
 from m2det.model import M2Det
+from m2det.seeded_weights import seeded_state
+from m2det.state_dict import check_and_load
 
-WEIGHT_SEED = 1234
 #: Fraction of (anchor, foreground class) softmax scores above each threshold (see module doc).
 TARGET_RATES = {0.05: 0.0064, 0.1: 0.00156}
-
-
-def seeded_state(shapes: dict[str, tuple[torch.Size, torch.dtype]]) -> dict[str, Tensor]:
-    """Deterministic random weights for official-layout keys, each from its own generator seeded
-    by the key (independent of key order); BatchNorm statistics kept plausible."""
-    out = {}
-    for k, (shape, dtype) in shapes.items():
-        g = torch.Generator().manual_seed(WEIGHT_SEED + zlib.crc32(k.encode()))
-        if dtype == torch.long:
-            out[k] = torch.zeros(shape, dtype=dtype)
-        elif k.endswith("running_var"):
-            out[k] = torch.rand(shape, generator=g) + 0.5
-        elif k.endswith(("running_mean", "bias")):
-            out[k] = torch.randn(shape, generator=g) * 0.1
-        elif k.endswith("weight") and len(shape) == 1:
-            out[k] = torch.rand(shape, generator=g) + 0.5
-        else:
-            fan_in = max(1, int(torch.Size(shape[1:]).numel()))
-            out[k] = torch.randn(shape, generator=g) * (1.0 / fan_in) ** 0.5
-    return out
 
 
 def seeded_model(config: M2DetConfig) -> M2Det:

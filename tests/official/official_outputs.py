@@ -15,14 +15,15 @@ import argparse
 import importlib.util
 import sys
 import types
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from m2det.seeded_weights import seeded_state
+
 GOLDEN_DIR = Path(__file__).with_name("golden")
-WEIGHT_SEED, INPUT_SEED, SAMPLES = 1234, 99, 4096
+INPUT_SEED, SAMPLES = 99, 4096
 
 
 def import_official(repo: Path) -> types.ModuleType:
@@ -73,26 +74,6 @@ def official_config(name: str) -> dict:
         smooth=c.smooth,
         num_classes=c.num_classes,
     )
-
-
-def seeded_state(shapes: dict[str, tuple[torch.Size, torch.dtype]]) -> dict[str, torch.Tensor]:
-    """Deterministic random weights for official-layout keys, each drawn from its own generator
-    (seeded by the key) so the result does not depend on key order; BN statistics kept plausible."""
-    out = {}
-    for k, (shape, dtype) in shapes.items():
-        g = torch.Generator().manual_seed(WEIGHT_SEED + zlib.crc32(k.encode()))
-        if dtype == torch.long:
-            out[k] = torch.zeros(shape, dtype=dtype)
-        elif k.endswith("running_var"):
-            out[k] = torch.rand(shape, generator=g) + 0.5
-        elif k.endswith(("running_mean", "bias")):
-            out[k] = torch.randn(shape, generator=g) * 0.1
-        elif k.endswith("weight") and len(shape) == 1:
-            out[k] = torch.rand(shape, generator=g) + 0.5
-        else:
-            fan_in = max(1, int(torch.Size(shape[1:]).numel()))
-            out[k] = torch.randn(shape, generator=g) * (1.0 / fan_in) ** 0.5
-    return out
 
 
 def seeded_input(size: int) -> torch.Tensor:
