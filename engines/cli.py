@@ -30,6 +30,7 @@ from m2det.cli import (  # noqa: F401 - re-exported for the other CLIs
     nms_from_args,
     run_cli,
 )
+from m2det.engines.backend_options import add_backend_args, backend_kwargs
 from m2det.errors import M2DetError
 from m2det.io import atomic_path, atomic_write_bytes, atomic_write_json
 from m2det.preprocess import IMAGE_EXTENSIONS, list_images, preprocess, read_image
@@ -41,28 +42,32 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     group = parser.add_argument_group("model (one of)")
     exclusive = group.add_mutually_exclusive_group(required=required)
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
-    exclusive.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
+    exclusive.add_argument("--onnx", type=Path,
+                           help="an exported ONNX file (ONNX Runtime, or --backend openvino)")
     exclusive.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
     group.add_argument("--config", help="config preset of a checkpoint that records none "
                                         "(checked against the recorded one otherwise)")
     group.add_argument("--device", default="cpu", help="cpu or cuda")
     group.add_argument("--fp16", action="store_true", help="checkpoints on CUDA: autocast FP16")
+    add_backend_args(group)
 
 
-def _open_runner(args: argparse.Namespace) -> tuple[Any, Path]:
-    """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint)."""
+def _open_runner(args: argparse.Namespace, many: bool = False) -> tuple[Any, Path]:
+    """(runner, artifact) for --ckpt/--onnx/--engine (default: the bundled checkpoint); ``many``:
+    a folder or dataset follows (OpenVINO's throughput mode by default)."""
     from m2det.config import get_config
     from m2det.engines.registry import default_checkpoint, load_runner
 
     if args.config is not None:
         get_config(args.config)  # unknown names fail first, listing the valid ones
+    backend = backend_kwargs(args, many)
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
     runner = load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
-                         fp16=args.fp16)  # fmt: skip
+                         fp16=args.fp16, **backend)  # fmt: skip
     return runner, artifact
 
 
-def _progress(iterable: Any, **kw: Any) -> Any:
+def _progress(iterable: Any = None, **kw: Any) -> Any:
     """tqdm on stderr, silent when stderr is not a terminal."""
     return tqdm(iterable, file=sys.stderr, disable=None, **kw)
 
@@ -126,6 +131,20 @@ class _Detector:
         keep = scores >= self.draw_threshold
         return draw_detections(image, boxes[keep], scores[keep], classes[keep], self.labels)
 
+    def many(self, keys: list[str], images: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`__call__` for several images in one runner call (parallel requests)."""
+        sizes = [(im.shape[1], im.shape[0]) for im in images]
+        dets = self.runner(preprocess(images, self.runner.input_size)).scaled(sizes)
+        out = []
+        for b, (key, image, (w, h)) in enumerate(zip(keys, images, sizes, strict=True)):
+            boxes, scores, classes = dets.image(b)
+            np.clip(boxes, 0, np.array([w, h, w, h], np.float32), out=boxes)
+            self.records[key] = dets.to_json(b, self.labels)
+            keep = scores >= self.draw_threshold
+            out.append(draw_detections(image, boxes[keep], scores[keep], classes[keep],
+                                       self.labels))  # fmt: skip
+        return out
+
 
 def _detect(argv: Sequence[str] | None) -> int:
     args = _detect_parser().parse_args(argv)
@@ -139,12 +158,14 @@ def _detect(argv: Sequence[str] | None) -> int:
     is_video = source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS
     if not is_video and source.is_file():
         read_image(source)  # a single unreadable image is an error before the model loads
-    runner, artifact = _open_runner(args)
+    runner, artifact = _open_runner(args, many=len(files) > 1)
     detector = _Detector(runner, args.draw_threshold)
     skipped: list[str] = []
     with runner:
         if is_video:
             _detect_video(detector, source, out)
+        elif runner.preferred_batch > 1:
+            _detect_many(detector, files, out, skipped, runner.preferred_batch)
         else:
             for path in _progress(files, desc="detect", unit="img"):
                 try:
@@ -167,6 +188,25 @@ def _detect(argv: Sequence[str] | None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _detect_many(detector: _Detector, files: list[Path], out: Path, skipped: list[str],
+                 chunk: int) -> None:
+    """The folder loop, ``chunk`` images per runner call (a runner with parallel requests)."""
+    bar = _progress(total=len(files), desc="detect", unit="img")
+    for start in range(0, len(files), chunk):
+        keys, images = [], []
+        for path in files[start:start + chunk]:
+            try:
+                images.append(read_image(path))
+                keys.append(path.name)
+            except M2DetError:
+                skipped.append(path.name)
+        if images:
+            for key, annotated in zip(keys, detector.many(keys, images), strict=True):
+                _write_image(out / key, annotated)
+        bar.update(len(files[start:start + chunk]))
+    bar.close()
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
@@ -233,7 +273,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann", required=True, type=Path, help="COCO-format annotation JSON")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotated images")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images by id")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="images per forward pass")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="images per forward pass (default 1; OpenVINO throughput mode: its "
+                        "parallel requests)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="write metrics + artifact + settings as JSON")
     p.add_argument("--save-detections", type=Path, default=None, metavar="OUT",
@@ -251,8 +293,10 @@ def _eval(argv: Sequence[str] | None) -> int:
         raise M2DetError(f"annotation file not found: {args.ann}")
     if not args.images.is_dir():
         raise M2DetError(f"image folder not found: {args.images}")
-    runner, artifact = _open_runner(args)
+    runner, artifact = _open_runner(args, many=True)
     with runner:
+        if args.batch is None:
+            args.batch = runner.preferred_batch
         metrics = evaluate_coco(runner, args.ann, args.images, config_labels=runner.config.labels,
                                 limit=args.limit, batch=args.batch, out_json=args.save_detections,
                                 per_class=args.per_class)  # fmt: skip
