@@ -229,6 +229,20 @@ def import_openvino() -> Any:
             del sys.modules["openvino_telemetry"]
 
 
+def cmake_dir() -> Path:
+    """The OpenVINO wheel's CMake package folder (``OpenVINOConfig.cmake``; ``-DOpenVINO_DIR`` of
+    engines/cpp), found without importing the package; M2DetError when OpenVINO is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("openvino")
+    if spec is None or spec.origin is None:
+        raise M2DetError(f"OpenVINO is not installed: {INSTALL}")
+    folder = Path(spec.origin).parent / "cmake"
+    if not (folder / "OpenVINOConfig.cmake").is_file():
+        raise M2DetError(f"no OpenVINOConfig.cmake in {folder} (an OpenVINO wheel ships one)")
+    return folder
+
+
 def cpu_capabilities() -> list[str]:
     """OpenVINO's CPU plugin capabilities here (e.g. ``["BF16", "FP32", "INT8", ...]``)."""
     ov = import_openvino()
@@ -274,3 +288,13 @@ def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
     return (useful or lines or [type(e).__name__])[0][:300]
+
+
+if __name__ == "__main__":  # python -m m2det.engines.openvino_runner: the CMake package folder
+    from m2det.cli import run_cli
+
+    def _print_cmake_dir(argv: Any) -> int:
+        print(cmake_dir())
+        return 0
+
+    raise SystemExit(run_cli("m2det.engines.openvino_runner", _print_cmake_dir, None))
