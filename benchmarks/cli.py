@@ -1,15 +1,19 @@
 """``m2det-bench``: latency (preprocess / network / NMS), FPS, memory and COCO AP of M2Det
 artifacts through the runner protocol, as JSON, a table and FPS-vs-AP plots.
 
-Artifacts: one ``--ckpt`` (torch; with ``--backends onnxruntime[,tensorrt]`` also exported to ONNX
-FP32/FP16/INT8 and built into plans), one ``--onnx`` file or one ``--engine`` plan; or
-``--sweep 320,512,800``: the paper's VGG presets at each size, from ``--ckpt``'s weights or from
-seeded random weights (speed only; said so in the output and the JSON).
+Artifacts: one ``--ckpt`` (torch; with ``--backends onnxruntime[,openvino][,tensorrt]`` also
+exported to ONNX FP32/FP16/INT8, run by ONNX Runtime and OpenVINO, and built into plans), one
+``--onnx`` file (``--backends onnxruntime,openvino``) or one ``--engine`` plan; or ``--sweep
+320,512,800``: the paper's VGG presets at each size, from ``--ckpt``'s weights or from seeded random
+weights (speed only; said so in the output and the JSON). ``--official DIR`` adds the official
+M2Det pipeline (its code from that checkout) on the same weights and images, and the results hold
+every row's speed-up against it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("artifact (default: the bundled m2det_tiny checkpoint)")
     one = a.add_mutually_exclusive_group()
     one.add_argument("--ckpt", type=Path, help="checkpoint (.pth)")
-    one.add_argument("--onnx", type=Path, help="an exported ONNX file (ONNX Runtime)")
+    one.add_argument("--onnx", type=Path,
+                     help="an exported ONNX file (ONNX Runtime; --backends onnxruntime,openvino)")
     one.add_argument("--engine", type=Path, help="a TensorRT plan (.plan/.engine)")
     a.add_argument("--config", help="preset of a checkpoint that records none")
     a.add_argument("--sweep", type=int_list, metavar="S,S,...",
@@ -78,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--qdq-placement", default="auto", choices=("auto", *PLACEMENTS),
                    help="INT8 recipe (m2det-export --qdq-placement); auto: onnxruntime on a CPU, "
                         "tensorrt when TensorRT or CUDA runs the file")  # fmt: skip
+    a.add_argument("--ov-precision", type=_names, default=("f32",), metavar="P,P",
+                   help="OpenVINO inference precisions, one row each: f32, bf16, auto (OpenVINO's "
+                        "choice: bf16 on CPUs with AVX512-BF16/AMX)")  # fmt: skip
+    a.add_argument("--ov-mode", choices=("latency", "throughput"), default="latency",
+                   help="OpenVINO: one request per call, or a batch spread over parallel "
+                        "multi-stream requests")  # fmt: skip
+    a.add_argument("--official", type=Path, metavar="DIR",
+                   help="a checkout of github.com/qijiezhao/M2Det: also time the official "
+                        "pipeline (its FP32 PyTorch model and Cython soft-NMS; needs Cython) on "
+                        "the same weights and images; ratios against it in the results")
     a.add_argument("--work", type=Path, metavar="DIR",
                    help="keep exported files here (default: a temporary folder)")
     a.add_argument("--seed", type=int, default=0, help="seed of random weights")
@@ -90,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     m.add_argument("--pool", type=int, default=16,
                    help="different images the iterations rotate through")
-    m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime")
+    m.add_argument("--threads", type=int, help="CPU threads of torch, ONNX Runtime and OpenVINO")
     m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset")
     m.add_argument("--score-threshold", type=float, metavar="F",
                    help="override the preset's score threshold")
@@ -110,7 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     s = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                       protocol=args.protocol, nms=args.nms, threads=args.threads, ann=args.ann,
                       images=args.images, limit=args.limit, pool=args.pool,
-                      progress=not args.quiet,
+                      progress=not args.quiet, ov_mode=args.ov_mode, official=args.official,
                       nms_overrides={"score_threshold": args.score_threshold})  # fmt: skip
     s.check()
     return s
@@ -124,16 +139,31 @@ def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
     return args.precisions or ("fp32",)
 
 
-def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSettings) -> Variant:
-    """The one variant of an ``--onnx`` file or ``--engine`` plan (config read from the file)."""
-    from m2det.engines.registry import load_runner
+def _artifact_variants(path: Path, args: argparse.Namespace,
+                       settings: BenchSettings) -> list[Variant]:
+    """The variants of an ``--onnx`` file (one per ``--backends`` onnxruntime/openvino and OpenVINO
+    precision) or ``--engine`` plan (config read from the file)."""
+    from m2det.engines.registry import ONNX_BACKENDS, load_runner
 
-    if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
-        raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints: an ONNX "
-                         "file or plan has one backend and precision")  # fmt: skip
-    runner = load_runner(path, config=args.config, nms=settings.nms_params(), device=args.device)
-    return Variant(path, runner.backend, runner.precision, runner.config.name,
-                   runner.input_size, "given", str(path), args.device)  # fmt: skip
+    onnx_backends = tuple(b for b in args.backends if b in ONNX_BACKENDS)
+    if args.onnx is not None and args.backends != ("torch",) and onnx_backends == args.backends:
+        backends: tuple[str | None, ...] = onnx_backends
+    elif args.backends != ("torch",):
+        raise M2DetError("--backends applies to checkpoints, and to ONNX files as "
+                         "onnxruntime,openvino")  # fmt: skip
+    else:
+        backends = (None,)
+    if args.sweep or args.precisions or args.fp16 or args.official:
+        raise M2DetError("--sweep/--precisions/--fp16/--official apply to checkpoints: an ONNX "
+                         "file or plan has one precision")  # fmt: skip
+    variants = []
+    for backend in backends:
+        runner = load_runner(path, config=args.config, nms=settings.nms_params(),
+                             device=args.device, backend=backend)  # fmt: skip
+        for ov in args.ov_precision if backend == "openvino" else (None,):
+            variants.append(Variant(path, runner.backend, runner.precision, runner.config.name,
+                                    runner.input_size, "given", str(path), args.device, ov))
+    return variants
 
 
 def _calibration_images(args: argparse.Namespace) -> list[Any]:
@@ -175,15 +205,17 @@ def _bench(argv: Sequence[str] | None) -> int:
     command = [PROG, *(sys.argv[1:] if argv is None else argv)]
     artifact = args.onnx or args.engine
     if artifact is not None:
-        variant = _artifact_variant(artifact, args, settings)
-        results = harness.run_benchmark([variant], settings, command)
+        variants = _artifact_variants(artifact, args, settings)
+        results = harness.run_benchmark(variants, settings, command)
         return _report(results, args)
     plan = VariantPlan(backends=args.backends, precisions=_precisions(args), device=args.device,
                        max_batch=max(settings.batches), calib_method=args.calib_method,
-                       qdq_placement=args.qdq_placement)  # fmt: skip
+                       qdq_placement=args.qdq_placement, ov_precisions=args.ov_precision,
+                       official=args.official)  # fmt: skip
     plan.check()
     with tempfile.TemporaryDirectory(prefix="m2det-bench-") as tmp:
         work = args.work or Path(tmp)
+        settings = dataclasses.replace(settings, work=work)
         sources, notes = _checkpoints(args, work)
         if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
             plan.calib_images = _calibration_images(args)
@@ -210,6 +242,10 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> int:
     for note in results["notes"]:
         print(f"note: {note}")
     print(harness.format_table(results))
+    ratios = harness.format_side_by_side(results)
+    if ratios:
+        print(f"\nspeed-up within this run (p50 latency ratios; {results['device']}, "
+              f"ISA {results['cpu_isa']['best']}):\n{ratios}")  # fmt: skip
     if args.json is not None:
         atomic_write_json(args.json, results)
         print(f"wrote {args.json}")

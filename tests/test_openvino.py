@@ -218,3 +218,46 @@ def test_eval_cli_openvino(data: dict[str, Path], tmp_path: Path) -> None:
     assert ov["backend"] == "openvino-fp32-f32"
     assert ov["settings"]["batch"] >= 1  # throughput mode: its parallel requests
     assert abs(ov["metrics"]["AP"] - ort["metrics"]["AP"]) <= 1e-3
+
+
+def test_bench_rows_record_openvino_settings_and_isa(tmp_path: Path) -> None:
+    import jsonschema
+
+    from m2det.benchmarks.cli import main as bench_main
+
+    schema = json.loads((Path(__file__).parents[1] / "benchmarks" / "schema.json").read_text())
+    out = tmp_path / "bench.json"
+    assert bench_main(["--backends", "onnxruntime,openvino", "--ov-precision", "f32,auto",
+                       "--threads", "1", "--iters", "1", "--warmup", "0", "--pool", "2",
+                       "--json", str(out), "--quiet"]) == 0  # fmt: skip
+    results = json.loads(out.read_text())
+    jsonschema.validate(results, schema)
+    assert results["cpu_isa"]["best"] in ("amx", "avx512_vnni", "avx512", "avx2", "baseline")
+    assert results["versions"]["openvino"]
+    rows = {r["label"]: r for r in results["rows"]}
+    chosen = "bf16" if "BF16" in cpu_capabilities() else "f32"
+    assert set(rows) == {"onnxruntime-fp32", "openvino-fp32-f32", f"openvino-fp32-auto({chosen})"}
+    settings = rows["openvino-fp32-f32"]["backend_settings"]
+    assert settings["ov_precision"] == "f32" and settings["inference_precision"] == "f32"
+    assert settings["threads"] == 1 and settings["mode"] == "latency"
+
+
+def test_side_by_side_ratios() -> None:
+    from m2det.benchmarks.harness import format_side_by_side, side_by_side
+
+    def row(backend: str, precision: str, label: str, total: float, network: float) -> dict:
+        return {"backend": backend, "precision": precision, "label": label, "config": "c",
+                "batch": 1, "protocol": "standard",
+                "latency_ms": {"total": {"p50": total}, "network": {"p50": network}}}  # fmt: skip
+
+    rows = [row("official", "fp32", "official-fp32", 1000.0, 900.0),
+            row("onnxruntime", "int8", "onnxruntime-int8", 400.0, 380.0),
+            row("openvino", "int8", "openvino-int8-f32", 100.0, 90.0)]  # fmt: skip
+    ratios = {e["label"]: e for e in side_by_side(rows)}
+    assert ratios["openvino-int8-f32"]["speedup_vs_official"] == 10.0
+    assert ratios["openvino-int8-f32"]["network_speedup_vs_official"] == 10.0
+    assert ratios["openvino-int8-f32"]["speedup_vs_onnxruntime_int8"] == 4.0
+    assert ratios["official-fp32"]["speedup_vs_official"] == 1.0
+    assert "| openvino-int8-f32 | c | 1 | 100.0 | 10.00 | 4.00 | 10.00 |" in format_side_by_side(
+        {"side_by_side": list(ratios.values())})
+    assert side_by_side([row("onnxruntime", "fp32", "onnxruntime-fp32", 1.0, 1.0)]) == []
