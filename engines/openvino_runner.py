@@ -17,16 +17,18 @@ Results are identical in both modes and at any thread count (measured: bitwise).
 
 Telemetry: ``import openvino`` imports its model converter, which reports the import to Google
 Analytics (an ``ov``/``import`` event with a client id it stores in ``~/intel``) unless the user
-opted out. :func:`import_openvino` imports the package with the converter's telemetry replaced by
-the no-op stub OpenVINO ships for when ``openvino_telemetry`` is absent, so this runner neither
-sends nor writes anything (docs/openvino.md).
+opted out. :func:`import_openvino` imports the package under :func:`no_telemetry`, so the
+converter binds the no-op stub OpenVINO ships for when ``openvino_telemetry`` is absent: this
+runner neither sends nor writes anything (docs/openvino.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,22 +213,30 @@ class OpenVinoRunner(Runner):
         return Detections.from_nms_outputs(outputs)
 
 
-def import_openvino() -> Any:
-    """``import openvino`` without its telemetry: while the package is first imported,
-    ``openvino_telemetry`` is made unimportable, so the converter binds OpenVINO's own no-op stub
-    (it falls back to it on ImportError) instead of creating a sender. Afterwards the module is
-    importable again for anyone else. A package that some other code imported first is returned
-    as it is (its import has already run). ModuleNotFoundError when OpenVINO is not installed."""
-    if "openvino" in sys.modules and sys.modules["openvino"] is not None:
-        return sys.modules["openvino"]
+@contextlib.contextmanager
+def no_telemetry() -> Iterator[None]:
+    """While active, ``openvino_telemetry`` cannot be imported: packages that import it when they
+    are first imported (OpenVINO's model converter, NNCF) then bind their own no-op stubs (both
+    fall back to one on ImportError) instead of creating a sender. Afterwards the module is
+    importable again for anyone else."""
     blocked = "openvino_telemetry" not in sys.modules
     if blocked:
         sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     try:
-        return importlib.import_module("openvino")
+        yield
     finally:
         if blocked and sys.modules.get("openvino_telemetry", 0) is None:
             del sys.modules["openvino_telemetry"]
+
+
+def import_openvino() -> Any:
+    """``import openvino`` under :func:`no_telemetry`; a package that other code imported first
+    is returned as it is (its import has already run). ModuleNotFoundError when OpenVINO is not
+    installed."""
+    if sys.modules.get("openvino") is not None:
+        return sys.modules["openvino"]
+    with no_telemetry():
+        return importlib.import_module("openvino")
 
 
 def cmake_dir() -> Path:
