@@ -1,6 +1,6 @@
 """INT8 recipes for OpenVINO: COCO AP of the bundled model per file precision and INT8 recipe in
 ONNX Runtime and in OpenVINO (f32 and bf16 inference), and with ``--speed`` the latency of the same
-recipes at M2Det-320 (seeded random weights), in one run: the evidence behind docs/openvino.md's
+recipes at M2Det-320 (seeded random weights): the evidence behind docs/openvino.md's
 choices (which INT8 file to give OpenVINO, whether to quantize the detection head, whether NNCF
 helps at equal AP).
 
@@ -15,11 +15,15 @@ Files, all from the FP32 raw graph of one export and the same calibration images
 - ``int8 nncf``, ``int8 nncf-head``: NNCF's post-training quantization of the FP32 file read by
   OpenVINO (head quantized / head FP32), where ``nncf`` is installed; OpenVINO only.
 
-    python -m m2det.benchmarks.openvino_int8 [--ckpt CKPT] [--val 200] [--calib-count 64] [--speed]
+    python -m m2det.benchmarks.openvino_int8 [--ckpt CKPT] [--val 200] [--calib-count 64]
+    python -m m2det.benchmarks.openvino_int8 --speed --calib-count 16 [--images DIR] \
+        --out benchmarks/results/openvino_int8_speed.json
 
-Speed: every file of the list made again from ``--speed-config``'s random checkpoint (the
-``m2det-bench --sweep`` weights), then timed at batch 1 and ``--threads``, network + NMS, in
-interleaved rounds over the same images; ratios against ONNX Runtime running the ``int8 ort`` file.
+Speed (``--speed``): every file of the list made again from ``--speed-config``'s random
+checkpoint (the ``m2det-bench --sweep`` weights), then timed at batch 1 and ``--threads``, network
++ NMS, in interleaved rounds over the same images; ratios against ONNX Runtime running the ``int8
+ort`` file. Calibrate with few images there (``--calib-count 16``): ONNX Runtime's calibrator
+holds every activation of every image, and at M2Det-320 64 images took more than 18 GB.
 Results: ``benchmarks/results/openvino_int8.json`` and Markdown tables on stdout.
 """
 
@@ -52,7 +56,8 @@ def build_parser() -> Any:
     p.add_argument("--val", type=int, default=200, help="val images (m2det-shapes, seed 0)")
     p.add_argument("--calib-count", type=int, default=64, help="calibration images (train split)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of both runtimes")
-    p.add_argument("--speed", action="store_true", help="also time the recipes at --speed-config")
+    p.add_argument("--speed", action="store_true",
+                   help="time the recipes at --speed-config instead of measuring AP")
     p.add_argument("--speed-config", default="m2det320_vgg", help="config timed (random weights)")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds over the image pool")
     p.add_argument("--pool", type=int, default=8, help="images timed per round")
@@ -127,9 +132,7 @@ def _nncf(raw: Path, out: Path, calibration: np.ndarray, head: bool) -> None:
 
 def make_files(ckpt: Path, work: Path, data: dict[str, Path],
                calib_count: int) -> dict[str, Path]:
-    """Every file of the module docstring that can be made here (NNCF only where installed)."""
-    import importlib.util
-
+    """The ONNX files of the module docstring (NNCF's come from :func:`add_nncf_files`)."""
     import onnx
 
     from m2det.export.calibration import load_calibration_images
@@ -157,11 +160,26 @@ def make_files(ckpt: Path, work: Path, data: dict[str, Path],
         model = onnx.load(files[key])
         _copy_metadata(model, raw, "int8")
         onnx.save(model, files[key])
-    if importlib.util.find_spec("nncf") is not None:
-        for key, with_head in (("int8 nncf", True), ("int8 nncf-head", False)):
-            files[key] = work / f"{key.replace(' ', '_')}.xml"
-            _nncf(raw, files[key], calibration, with_head)
     return files
+
+
+def add_nncf_files(files: dict[str, Path], data: dict[str, Path], calib_count: int) -> None:
+    """NNCF's two files (head quantized / FP32) of ``files["fp32"]``, where nncf is installed."""
+    import importlib.util
+
+    import onnx
+
+    from m2det.export.calibration import load_calibration_images
+
+    if importlib.util.find_spec("nncf") is None:
+        return
+    raw = files["fp32"]
+    size = int(onnx.load(raw, load_external_data=False).graph.input[0].type.tensor_type.shape
+               .dim[2].dim_value)  # fmt: skip
+    calibration = load_calibration_images(data["train_images"], size, calib_count, seed=0)
+    for key, with_head in (("int8 nncf", True), ("int8 nncf-head", False)):
+        files[key] = raw.parent.parent / f"{key.replace(' ', '_')}.xml"
+        _nncf(raw, files[key], calibration, with_head)
 
 
 def evaluate(files: dict[str, Path], data: dict[str, Path], threads: int) -> list[dict[str, Any]]:
@@ -292,24 +310,25 @@ def _main(argv: Sequence[str] | None) -> int:
     with tempfile.TemporaryDirectory(prefix="m2det-ov-int8-") as tmp:
         work = args.work or Path(tmp)
         data = generate(work / "shapes", train=args.calib_count, val=args.val, seed=0, size=160)
-        rows = evaluate(make_files(ckpt, work / "accuracy", data, args.calib_count), data,
-                        args.threads)  # fmt: skip
-        speed_rows = None
         if args.speed:
-            random = random_checkpoint(args.speed_config, work / f"{args.speed_config}.pth")
-            files = make_files(random, work / "speed", data, args.calib_count)
+            ckpt = random_checkpoint(args.speed_config, work / f"{args.speed_config}.pth")
+        files = make_files(ckpt, work / "files", data, args.calib_count)
+        add_nncf_files(files, data, args.calib_count)
+        if args.speed:
             images = (folder_pool(args.images, args.pool) if args.images is not None
                       else synthetic_pool(args.pool))  # fmt: skip
-            speed_rows = speed(files, images, args.threads, args.rounds)
-    results = {**env, "checkpoint": str(ckpt), "val_images": args.val,
-               "calib_images": args.calib_count, "nms": "official", "rows": rows,
-               "table": table(rows), "speed_config": args.speed_config if args.speed else None,
-               "speed_rows": speed_rows,
-               "speed_table": speed_table(speed_rows) if speed_rows else None}  # fmt: skip
+            rows = speed(files, images, args.threads, args.rounds)
+            text = speed_table(rows)
+        else:
+            rows = evaluate(files, data, args.threads)
+            text = table(rows)
+    results = {**env, "checkpoint": str(ckpt), "calib_images": args.calib_count,
+               "speed_config": args.speed_config if args.speed else None,
+               "nms": "official", "part": "speed" if args.speed else "accuracy",
+               "val_images": None if args.speed else args.val, "rows": rows,
+               "table": text}  # fmt: skip
     atomic_write_json(args.out, results)
-    print(table(rows))
-    if speed_rows:
-        print(speed_table(speed_rows))
+    print(text)
     print(f"wrote {args.out}")
     return 0
 
