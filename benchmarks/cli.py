@@ -1,15 +1,19 @@
 """``m2det-bench``: latency (preprocess / network / NMS), FPS, memory and COCO AP of M2Det
 artifacts through the runner protocol, as JSON, a table and FPS-vs-AP plots.
 
-Artifacts: one ``--ckpt`` (torch; with ``--backends onnxruntime[,tensorrt]`` also exported to ONNX
-FP32/FP16/INT8 and built into plans), one ``--onnx`` file or one ``--engine`` plan; or
-``--sweep 320,512,800``: the paper's VGG presets at each size, from ``--ckpt``'s weights or from
-seeded random weights (speed only; said so in the output and the JSON).
+Artifacts: one ``--ckpt`` (torch; with ``--backends onnxruntime[,openvino][,tensorrt]`` also
+exported to ONNX FP32/FP16/INT8, run by ONNX Runtime and OpenVINO, and built into plans), one
+``--onnx`` file (``--backends onnxruntime,openvino``), one ``--engine`` plan or a ``--triton``
+server; or ``--sweep 320,512,800``: the paper's VGG presets at each size, from ``--ckpt``'s weights
+or from seeded random weights (speed only; said so in the output and the JSON). ``--official DIR``
+adds the official M2Det pipeline (its code from that checkout) on the same weights and images, and
+the results hold every row's speed-up against it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("artifact (default: the bundled m2det_tiny checkpoint)")
     one = a.add_mutually_exclusive_group()
     one.add_argument("--ckpt", type=Path, help="Checkpoint (.pth).")
-    one.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
+    one.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime; "
+                     "--backends onnxruntime,openvino).")
     one.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
     one.add_argument("--triton", metavar="HOST:PORT", help="A Triton server serving an "
                      "m2det-triton repository (grpc://HOST:PORT for gRPC).")
@@ -87,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--qdq-placement", default="auto", choices=("auto", *PLACEMENTS),
                    help="INT8 recipe (as m2det-export --qdq-placement); auto: onnxruntime on a "
                         "CPU, tensorrt when TensorRT or CUDA runs the file.")  # fmt: skip
+    a.add_argument("--ov-precision", type=_names, default=("f32",), metavar="P,P",
+                   help="OpenVINO inference precisions, one row each: f32, bf16, auto (OpenVINO's "
+                        "choice: bf16 on CPUs with AVX512-BF16/AMX).")  # fmt: skip
+    a.add_argument("--ov-mode", choices=("latency", "throughput"), default="latency",
+                   help="OpenVINO: one request per call, or a batch spread over parallel "
+                        "multi-stream requests.")  # fmt: skip
+    a.add_argument("--official", type=Path, metavar="DIR",
+                   help="A checkout of github.com/qijiezhao/M2Det: also time the official "
+                        "pipeline (its FP32 PyTorch model and Cython soft-NMS; needs Cython) on "
+                        "the same weights and images; ratios against it in the results.")
     a.add_argument("--work", type=Path, metavar="DIR",
                    help="Keep the exported files here (default: a temporary folder).")
     a.add_argument("--seed", type=int, default=0, help="Seed of random weights.")
@@ -103,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--concurrency", type=int_list, default=None, metavar="N,N",
                    help="With --triton: concurrent clients, as perf_analyzer's concurrency mode "
                         "(default: 1).")  # fmt: skip
-    m.add_argument("--threads", type=int, help="CPU threads of torch and ONNX Runtime.")
+    m.add_argument("--threads", type=int,
+                   help="CPU threads of torch, ONNX Runtime and OpenVINO.")
     m.add_argument("--nms", choices=NMS_CHOICES, default="official", help="NMS preset.")
     m.add_argument("--score-threshold", type=float, metavar="F",
                    help="Override the preset's score threshold.")
@@ -122,7 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     s = BenchSettings(batches=args.batch, iters=args.iters, warmup=args.warmup,
                       protocol=args.protocol, nms=args.nms, threads=args.threads, ann=args.ann,
                       images=args.images, limit=args.limit, pool=args.pool,
-                      progress=not args.quiet,
+                      progress=not args.quiet, ov_mode=args.ov_mode, official=args.official,
                       nms_overrides={"score_threshold": args.score_threshold})  # fmt: skip
     s.check()
     return s
@@ -136,16 +152,31 @@ def _precisions(args: argparse.Namespace) -> tuple[str, ...]:
     return args.precisions or ("fp32",)
 
 
-def _artifact_variant(path: Path, args: argparse.Namespace, settings: BenchSettings) -> Variant:
-    """The one variant of an ``--onnx`` file or ``--engine`` plan (config read from the file)."""
-    from m2det.engines.registry import load_runner
+def _artifact_variants(path: Path, args: argparse.Namespace,
+                       settings: BenchSettings) -> list[Variant]:
+    """The variants of an ``--onnx`` file (one per ``--backends`` onnxruntime/openvino and OpenVINO
+    precision) or ``--engine`` plan (config read from the file)."""
+    from m2det.engines.registry import ONNX_BACKENDS, load_runner
 
-    if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
-        raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints: an ONNX "
-                         "file or plan has one backend and precision")  # fmt: skip
-    runner = load_runner(path, config=args.config, nms=settings.nms_params(), device=args.device)
-    return Variant(path, runner.backend, runner.precision, runner.config.name,
-                   runner.input_size, "given", str(path), args.device)  # fmt: skip
+    onnx_backends = tuple(b for b in args.backends if b in ONNX_BACKENDS)
+    if args.onnx is not None and args.backends != ("torch",) and onnx_backends == args.backends:
+        backends: tuple[str | None, ...] = onnx_backends
+    elif args.backends != ("torch",):
+        raise M2DetError("--backends applies to checkpoints, and to ONNX files as "
+                         "onnxruntime,openvino")  # fmt: skip
+    else:
+        backends = (None,)
+    if args.sweep or args.precisions or args.fp16 or args.official:
+        raise M2DetError("--sweep/--precisions/--fp16/--official apply to checkpoints: an ONNX "
+                         "file or plan has one precision")  # fmt: skip
+    variants = []
+    for backend in backends:
+        runner = load_runner(path, config=args.config, nms=settings.nms_params(),
+                             device=args.device, backend=backend)  # fmt: skip
+        for ov in args.ov_precision if backend == "openvino" else (None,):
+            variants.append(Variant(path, runner.backend, runner.precision, runner.config.name,
+                                    runner.input_size, "given", str(path), args.device, ov))
+    return variants
 
 
 def _calibration_images(args: argparse.Namespace, console: Console) -> list[Any]:
@@ -202,21 +233,25 @@ def _bench(argv: Sequence[str] | None) -> int:
 
         if args.triton is None:
             raise M2DetError("--concurrency applies to --triton")
-        if args.sweep or args.precisions or args.fp16 or args.backends != ("torch",):
-            raise M2DetError("--sweep/--backends/--precisions/--fp16 apply to checkpoints")
+        if (args.sweep or args.precisions or args.fp16 or args.backends != ("torch",)
+                or args.official):  # fmt: skip
+            raise M2DetError("--sweep/--backends/--precisions/--fp16/--official apply to "
+                             "checkpoints")  # fmt: skip
         return _report(run_triton_benchmark(args.triton, settings, args.concurrency or (1,),
                                             command, args.triton_model), args, console)  # fmt: skip
     artifact = args.onnx or args.engine
     if artifact is not None:
-        variant = _artifact_variant(artifact, args, settings)
-        results = harness.run_benchmark([variant], settings, command, log=console.line)
+        variants = _artifact_variants(artifact, args, settings)
+        results = harness.run_benchmark(variants, settings, command, log=console.line)
         return _report(results, args, console)
     plan = VariantPlan(backends=args.backends, precisions=_precisions(args), device=args.device,
                        max_batch=max(settings.batches), calib_method=args.calib_method,
-                       qdq_placement=args.qdq_placement)  # fmt: skip
+                       qdq_placement=args.qdq_placement, ov_precisions=args.ov_precision,
+                       official=args.official)  # fmt: skip
     plan.check()
     with tempfile.TemporaryDirectory(prefix="m2det-bench-") as tmp:
         work = args.work or Path(tmp)
+        settings = dataclasses.replace(settings, work=work)
         sources, notes = _checkpoints(args, work, console)
         if "int8" in plan.precisions and set(plan.backends) - {"torch"}:
             plan.calib_images = _calibration_images(args, console)
@@ -247,6 +282,10 @@ def _report(results: dict[str, Any], args: argparse.Namespace, console: Console)
     for note in results["notes"]:
         console.result(f"note: {note}")
     console.result(harness.format_table(results))
+    ratios = harness.format_side_by_side(results)
+    if ratios:
+        console.result(f"\nspeed-up within this run (p50 latency ratios; {results['device']}, "
+                       f"ISA {results['cpu_isa']['best']}):\n{ratios}")  # fmt: skip
     console.write_json(results)
     if args.json is not None and not console.json_to_stdout:
         console.result(f"wrote {args.json}")

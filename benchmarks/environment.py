@@ -1,5 +1,5 @@
-"""Where and how figures were measured: CPU, GPU, driver, library versions, git commit, command,
-date, load average (recorded in every results JSON)."""
+"""Where and how figures were measured: CPU and its instruction sets, GPU, driver, library
+versions, git commit, command, date, load average (recorded in every results JSON)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,54 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: Instruction-set extensions that decide CPU inference speed, as Linux names them in
+#: /proc/cpuinfo: AMX tiles (bf16/int8 matrix units of Xeon 4th gen+), AVX512-BF16, VNNI (int8 dot
+#: products, AVX512 or AVX2 encoded), AVX512F, AVX2.
+ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni",
+             "avx512f", "avx2")  # fmt: skip
+#: numpy's names of the same features (no AMX there), for systems without /proc/cpuinfo.
+_NUMPY_NAMES = {"avx512_bf16": "AVX512BF16", "avx512_vnni": "AVX512VNNI", "avx_vnni": "AVXVNNI",
+                "avx512f": "AVX512F", "avx2": "AVX2"}  # fmt: skip
+
+
+def cpu_isa() -> dict[str, Any]:
+    """The CPU's inference-relevant instruction sets: ``flags`` (those of :data:`ISA_FLAGS` it
+    has), ``best`` (``amx`` > ``avx512_vnni`` > ``avx512`` > ``avx2`` > ``baseline``) and
+    ``source`` (``/proc/cpuinfo``, else numpy's runtime CPU detection, which cannot see AMX)."""
+    flags: set[str] = set()
+    source = "/proc/cpuinfo"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if not flags:
+        source = "numpy"
+        import importlib
+
+        try:
+            umath = importlib.import_module("numpy._core._multiarray_umath")
+        except ImportError:  # numpy < 2
+            umath = importlib.import_module("numpy.core._multiarray_umath")
+        features = getattr(umath, "__cpu_features__", {})
+        flags = {ours for ours, theirs in _NUMPY_NAMES.items() if features.get(theirs)}
+    have = [f for f in ISA_FLAGS if f in flags]
+    if {"amx_tile", "amx_int8"} <= flags or {"amx_tile", "amx_bf16"} <= flags:
+        best = "amx"
+    elif "avx512_vnni" in flags:
+        best = "avx512_vnni"
+    elif "avx512f" in flags:
+        best = "avx512"
+    elif "avx2" in flags:
+        best = "avx2"
+    else:
+        best = "baseline"
+    return {"best": best, "flags": have, "source": source}
 
 
 def _nvidia_driver() -> str | None:
@@ -76,7 +124,8 @@ def library_versions() -> dict[str, str | None]:
             "torch": torch.__version__, "numpy": np.__version__,
             "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
             "onnx": version("onnx"), "modelopt": version("nvidia-modelopt"),
-            "opencv": cv2.__version__, "tensorrt": trt}  # fmt: skip
+            "opencv": cv2.__version__, "tensorrt": trt,
+            "openvino": version("openvino")}  # fmt: skip
 
 
 def environment(command: Sequence[str], device: str = "cpu",
@@ -88,7 +137,7 @@ def environment(command: Sequence[str], device: str = "cpu",
     cpu = f"{_cpu_name()} ({os.cpu_count()} logical CPUs)"
     return {
         "device": gpu if device.startswith("cuda") and gpu else cpu,
-        "cpu": cpu, "gpu": gpu, "driver": _nvidia_driver(),
+        "cpu": cpu, "cpu_isa": cpu_isa(), "gpu": gpu, "driver": _nvidia_driver(),
         "cuda": torch.version.cuda if gpu else None,
         "threads": threads or torch.get_num_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],

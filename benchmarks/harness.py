@@ -64,6 +64,12 @@ class BenchSettings:
     progress: bool = True
     eval_name: str | None = None
     nms_overrides: dict[str, Any] = field(default_factory=dict)
+    #: OpenVINO: "latency" (one request) or "throughput" (multi-stream requests per batch).
+    ov_mode: str = "latency"
+    #: A checkout of the official M2Det code (``official`` variants), and where to compile its
+    #: Cython soft-NMS (default: a temporary folder).
+    official: Path | None = None
+    work: Path | None = None
 
     def nms_params(self) -> Any:
         """The ``NMSParams`` of preset ``nms`` with ``nms_overrides`` applied."""
@@ -130,9 +136,18 @@ def open_runner(variant: Variant, settings: BenchSettings) -> Runner:
     from m2det.engines.registry import load_runner
 
     nms = settings.nms_params()
+    if variant.backend == "official":
+        from m2det.benchmarks.official import OfficialRunner
+
+        if settings.official is None:
+            raise M2DetError("the official pipeline needs its checkout (--official DIR)")
+        return OfficialRunner(settings.official, variant.artifact, nms, work=settings.work)
     kw: dict[str, Any] = {}
-    if variant.backend == "onnxruntime" and settings.threads:
+    if variant.backend in ("onnxruntime", "openvino") and settings.threads:
         kw["threads"] = settings.threads
+    if variant.backend == "openvino":
+        kw.update(backend="openvino", ov_precision=variant.ov_precision or "f32",
+                  mode=settings.ov_mode)  # fmt: skip
     fp16 = variant.backend == "torch" and variant.precision == "fp16"
     return load_runner(variant.artifact, nms=nms, device=variant.device, fp16=fp16, **kw)
 
@@ -163,7 +178,10 @@ def bench_variant(variant: Variant, settings: BenchSettings,
                 timing = time_batches(runner, pool, batch, settings.iters, settings.warmup, desc,
                                       settings.progress)  # fmt: skip
             rows.append({"batch": batch, **timing})
-    base = {"backend": variant.backend, "precision": runner.precision, "config": variant.config,
+    settings_of = getattr(runner, "settings", None)
+    base = {"backend": variant.backend, "label": runner.name,
+            "backend_settings": settings_of() if callable(settings_of) else None,
+            "precision": runner.precision, "config": variant.config,
             "input_size": variant.input_size, "device": variant.device,
             "weights": variant.weights, "artifact": str(variant.artifact),
             "source": variant.source, "protocol": settings.protocol,
@@ -202,7 +220,57 @@ def run_benchmark(variants: Sequence[Variant], settings: BenchSettings, command:
                      "images": None if settings.images is None else str(settings.images),
                      "limit": settings.limit, "eval_set": settings.eval_label},
         "notes": all_notes, "skipped": list(skipped), "rows": rows,
+        "side_by_side": side_by_side(rows),
     }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- ratios
+def side_by_side(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Speed ratios within this run: for each config and batch, every row's p50 total (and
+    network) latency against the official pipeline's row and against ONNX Runtime INT8's, where
+    those were measured (ratio > 1: faster than the reference). Empty without a reference."""
+    out = []
+    for row in rows:
+        same = [r for r in rows if r["config"] == row["config"] and r["batch"] == row["batch"]
+                and r["protocol"] == row["protocol"]]  # fmt: skip
+        refs = {"official": [r for r in same if r["backend"] == "official"],
+                "onnxruntime_int8": [r for r in same if r["backend"] == "onnxruntime"
+                                     and r["precision"] == "int8"]}  # fmt: skip
+        entry: dict[str, Any] = {"label": row["label"], "config": row["config"],
+                                 "batch": row["batch"],
+                                 "total_p50_ms": row["latency_ms"]["total"]["p50"],
+                                 "network_p50_ms": row["latency_ms"]["network"]["p50"]}  # fmt: skip
+        for name, ref in refs.items():
+            if ref:
+                lat = ref[0]["latency_ms"]
+                entry[f"speedup_vs_{name}"] = _ratio(lat["total"]["p50"],
+                                                     row["latency_ms"]["total"]["p50"])
+                entry[f"network_speedup_vs_{name}"] = _ratio(lat["network"]["p50"],
+                                                             row["latency_ms"]["network"]["p50"])
+        if any(refs.values()):
+            out.append(entry)
+    return out
+
+
+def _ratio(reference_ms: float, ms: float) -> float | None:
+    return round(reference_ms / ms, 3) if ms > 0 else None
+
+
+def format_side_by_side(results: dict[str, Any]) -> str:
+    """The speed-up table of :func:`side_by_side` (empty string without a reference row)."""
+    entries = results.get("side_by_side") or []
+    if not entries:
+        return ""
+    head = ["variant", "config", "batch", "total p50 ms", "x vs official", "x vs ORT INT8",
+            "network x vs official"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for e in entries:
+        cells = [e["label"], e["config"], str(e["batch"]), _fmt(e["total_p50_ms"]),
+                 _fmt(e.get("speedup_vs_official"), 2),
+                 _fmt(e.get("speedup_vs_onnxruntime_int8"), 2),
+                 _fmt(e.get("network_speedup_vs_official"), 2)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- table
@@ -222,7 +290,10 @@ def format_table(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results["rows"]:
         lat, acc = r["latency_ms"], r["accuracy"] or {}
-        cells = [r["backend"], r["precision"], str(r["input_size"]), str(r["batch"]),
+        precision = r["precision"]
+        if r["backend"] == "openvino":  # + the inference precision: int8-f32, fp32-auto(bf16)
+            precision = r.get("label", "").removeprefix("openvino-") or precision
+        cells = [r["backend"], precision, str(r["input_size"]), str(r["batch"]),
                  r["weights"], _fmt(lat["preprocess"]["p50"], 2), _fmt(lat["network"]["p50"]),
                  _fmt(lat["nms"]["p50"], 2), _fmt(lat["total"]["p50"]), _fmt(r["fps"], 2),
                  _fmt(r["fps_network_nms"], 2), _fmt(r["host_peak_rss_mb"], 0),

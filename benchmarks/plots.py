@@ -63,7 +63,7 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["batch"] == 1:
-            key = f"{r['backend']} {r['precision']} ({r['device']}"
+            key = f"{r.get('label', r['backend'] + ' ' + r['precision'])} ({r['device']}"
             key += ", random weights)" if r["weights"] == "random" else ")"
             groups[key].append(r)
     return {k: sorted(v, key=lambda r: r["input_size"]) for k, v in groups.items()}
@@ -119,7 +119,8 @@ def plot_fps_ap(results: dict[str, Any], png: str | Path) -> list[Path]:
             continue
         for r, x in zip(rows, fps, strict=True):  # speed only: a vertical line at the FPS
             line = ax.axvline(x, color=color, linestyle=":", linewidth=1.8)
-            ax.annotate(f"{r['backend']} {r['precision']} {r['input_size']}: {x:.3g} FPS",
+            ax.annotate(f"{r.get('label', r['backend'] + ' ' + r['precision'])} {r['input_size']}: "
+                        f"{x:.3g} FPS",
                         (x, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
                         ha="right", textcoords="offset points", xytext=(-2, 0), fontsize=8,
                         color=color)  # fmt: skip
@@ -163,7 +164,8 @@ def _eval_set(results: dict[str, Any]) -> str:
 def plot_latency(results: dict[str, Any], png: str | Path) -> list[Path]:
     """Stacked bars of mean preprocess / network / NMS ms per image for every row -> [PNG, SVG]."""
     rows = results["rows"]
-    labels = [f"{r['backend']} {r['precision']} {r['input_size']} b{r['batch']}" for r in rows]
+    labels = [f"{r.get('label', r['backend'] + ' ' + r['precision'])} {r['input_size']} "
+              f"b{r['batch']}" for r in rows]
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * max(1, len(rows))))
     left = [0.0] * len(rows)
     for stage, color in _STAGE_COLORS.items():

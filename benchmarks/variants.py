@@ -1,10 +1,13 @@
 """What is measured: a *variant* is one artifact (checkpoint, ONNX file or plan) run by one backend
 at one precision and input size. A :class:`VariantPlan` turns a checkpoint into variants: ONNX
-FP32/FP16/INT8 files by the export pipeline (``m2det.export.pipeline``) and TensorRT plans by
-``m2det.engines.builder`` where TensorRT is installed."""
+FP32/FP16/INT8 files by the export pipeline (``m2det.export.pipeline``), run by ONNX Runtime and
+by OpenVINO (once per OpenVINO inference precision asked for), TensorRT plans by
+``m2det.engines.builder`` where TensorRT is installed, and the official M2Det pipeline from a
+checkout (``m2det.benchmarks.official``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,9 @@ from m2det.contract import PRECISIONS
 from m2det.errors import M2DetError
 from m2det.preprocess import preprocess
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+#: The official pipeline's backend name in variants and result rows (``--official DIR``).
+OFFICIAL = "official"
 #: Sizes ``--sweep`` accepts: the paper's VGG presets.
 SWEEP_PRESETS = {320: "m2det320_vgg", 512: "m2det512_vgg", 800: "m2det800_vgg"}
 
@@ -36,10 +41,13 @@ class Variant:
     weights: str
     source: str
     device: str = "cpu"
+    #: OpenVINO's inference precision (``m2det.engines.openvino_runner.OV_PRECISIONS``).
+    ov_precision: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision} {self.input_size}"
+        ov = f" ov-{self.ov_precision}" if self.ov_precision else ""
+        return f"{self.backend} {self.precision}{ov} {self.input_size}"
 
 
 @dataclass
@@ -56,6 +64,10 @@ class VariantPlan:
     calib_images: list[np.ndarray] = field(default_factory=list)
     calib_method: str = "entropy"
     qdq_placement: str = "auto"
+    #: OpenVINO inference precisions, one variant each (``openvino`` backend).
+    ov_precisions: tuple[str, ...] = ("f32",)
+    #: A checkout of the official M2Det code: add its pipeline as a variant of every checkpoint.
+    official: Path | None = None
 
     @property
     def placement(self) -> str:
@@ -76,6 +88,16 @@ class VariantPlan:
             raise M2DetError(f"unknown precision {bad[0]!r}; valid: {', '.join(PRECISIONS)}")
         if not self.backends or not self.precisions:
             raise M2DetError("need at least one backend and one precision")
+        from m2det.engines.openvino_runner import OV_PRECISIONS
+
+        bad = [p for p in self.ov_precisions if p not in OV_PRECISIONS]
+        if bad or not self.ov_precisions:
+            raise M2DetError(f"unknown OpenVINO precision {(bad or [''])[0]!r}; valid: "
+                             f"{', '.join(OV_PRECISIONS)}")  # fmt: skip
+        if self.official is not None:
+            from m2det.benchmarks.official import check_checkout
+
+            check_checkout(self.official)
         from m2det.export.precision import PLACEMENTS
 
         if self.qdq_placement not in ("auto", *PLACEMENTS):
@@ -95,19 +117,50 @@ def supported(backend: str, precision: str, device: str) -> str | None:
         return "torch fp16 (autocast) needs CUDA"
     if backend == "tensorrt" and not device.startswith("cuda"):
         return "TensorRT needs a CUDA device"
+    if backend == "openvino" and device != "cpu":
+        return "the OpenVINO runner runs on the CPU"
     return None
 
 
+#: Random weights are rescaled at the detection head so that the outputs look like a trained
+#: detector's (what the post-processing's cost depends on): loc offsets with this standard
+#: deviation, conf logits with this one, the background logit raised by BACKGROUND_MARGIN plus
+#: the log of the number of foreground classes (9.0 for COCO's 80). At
+#: M2Det-320 (seed 0) this leaves 3.9k-13.8k (anchor, class) scores above the official 0.1
+#: threshold on the four COCO photos of the official repository and 0-4.8k on synthetic shapes
+#: images, with boxes within [-0.4, 1.4] of the image; plain random weights give saturated
+#: logits (15k-19k such scores, up to 1.0) and boxes up to 4e8 image sizes.
+LOC_STD, LOGIT_STD, BACKGROUND_MARGIN = 0.5, 2.5, 4.6
+
+
 def random_checkpoint(config: str | M2DetConfig, path: Path, seed: int = 0) -> Path:
-    """Write a checkpoint of ``config`` with seeded random weights (speed measurements only)."""
+    """Write a checkpoint of ``config`` with seeded random weights, the head rescaled to give
+    detector-like score and box distributions (:data:`LOC_STD`; speed measurements only)."""
     import torch
 
+    from m2det.benchmarks.image_pool import synthetic_pool
     from m2det.checkpoint import save_model
     from m2det.model import build_model
 
     torch.manual_seed(seed)
     cfg = get_config(config) if isinstance(config, str) else config
-    save_model(build_model(cfg).eval(), path, weights="random", seed=seed)
+    model = build_model(cfg).eval()
+    images = torch.from_numpy(preprocess(synthetic_pool(2, seed=seed), cfg.input_size))
+    with torch.no_grad():
+        loc, conf = model(images)
+        loc_scale, conf_scale = LOC_STD / float(loc.std()), LOGIT_STD / float(conf.std())
+        for conv in model.head.modules():
+            if not isinstance(conv, torch.nn.Conv2d):
+                continue
+            is_loc = any(conv is c for c in model.head.loc)
+            conv.weight.mul_(loc_scale if is_loc else conf_scale)
+            bias = conv.bias
+            assert bias is not None
+            bias.mul_(loc_scale if is_loc else conf_scale)
+            if not is_loc:
+                background = BACKGROUND_MARGIN + math.log(cfg.num_classes - 1)
+                bias.view(-1, cfg.num_classes)[:, 0] += background
+    save_model(model, path, weights="random", seed=seed)
     return path
 
 
@@ -188,13 +241,17 @@ def make_variants(ckpt: Path, weights: str, plan: VariantPlan, work: Path,
         onnx_files = export_onnx(ckpt, onnx_precisions, work, calibration, plan.calib_method,
                                  plan.placement, log)  # fmt: skip
     variants = []
+    if plan.official is not None:
+        variants.append(Variant(ckpt, OFFICIAL, "fp32", cfg.name, cfg.input_size, weights,
+                                str(ckpt), "cpu"))  # fmt: skip
     for backend, precision in wanted:
         artifact = ckpt if backend == "torch" else onnx_files[precision]
         if backend == "tensorrt":
             log(f"[bench] building the TensorRT plan of {artifact.name} ...")
             artifact = build_plan(artifact, plan.max_batch)
-        variants.append(Variant(artifact, backend, precision, cfg.name, cfg.input_size, weights,
-                                str(ckpt), plan.device))  # fmt: skip
+        for ov in plan.ov_precisions if backend == "openvino" else (None,):
+            variants.append(Variant(artifact, backend, precision, cfg.name, cfg.input_size,
+                                    weights, str(ckpt), plan.device, ov))  # fmt: skip
     return variants, skipped
 
 

@@ -34,7 +34,7 @@ class Timing:
 class Runner(abc.ABC):
     """Base class: subclasses implement ``activate``, ``infer`` and optionally ``deactivate``."""
 
-    backend: str = "?"  # "torch" | "onnxruntime" | "tensorrt"
+    backend: str = "?"  # "torch" | "onnxruntime" | "openvino" | "tensorrt"
 
     def __init__(self, config: M2DetConfig, nms: NMSParams, precision: str = "fp32") -> None:
         self.config = config
@@ -52,6 +52,12 @@ class Runner(abc.ABC):
     def batch_range(self) -> tuple[int, int]:
         """(min, max) batch this artifact accepts."""
         return (1, 1 << 30)
+
+    @property
+    def preferred_batch(self) -> int:
+        """Images worth passing per call for folder and batch work (a runner that spreads a batch
+        over parallel requests says how many); 1 by default."""
+        return 1
 
     @property
     def name(self) -> str:

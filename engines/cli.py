@@ -30,6 +30,7 @@ from m2det.cli import (  # noqa: F401 - re-exported for the other CLIs
     remove_on_failure,
     run_cli,
 )
+from m2det.engines.backend_options import add_backend_args, backend_kwargs
 from m2det.errors import M2DetError
 from m2det.io import atomic_path, atomic_write_bytes, atomic_write_json
 from m2det.preprocess import IMAGE_EXTENSIONS, list_images, preprocess, read_image
@@ -41,7 +42,8 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     group = parser.add_argument_group("model (one of)")
     exclusive = group.add_mutually_exclusive_group(required=required)
     exclusive.add_argument("--ckpt", type=Path, help=ckpt_help)
-    exclusive.add_argument("--onnx", type=Path, help="An exported ONNX file (ONNX Runtime).")
+    exclusive.add_argument("--onnx", type=Path,
+                           help="An exported ONNX file (ONNX Runtime, or --backend openvino).")
     exclusive.add_argument("--engine", type=Path, help="A TensorRT plan (.plan or .engine).")
     exclusive.add_argument("--triton", metavar="HOST:PORT", help="A Triton server serving an "
                            "m2det-triton repository (grpc://HOST:PORT for gRPC).")
@@ -52,6 +54,7 @@ def _add_artifact_args(parser: argparse.ArgumentParser, required: bool, ckpt_hel
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
     group.add_argument("--fp16", action="store_true",
                        help="Checkpoints on CUDA: autocast to FP16.")
+    add_backend_args(group)
 
 
 def _check_artifact(args: argparse.Namespace) -> None:
@@ -71,17 +74,19 @@ def _check_artifact(args: argparse.Namespace) -> None:
             raise M2DetError(f"{what} not found: {path}")
 
 
-def _open_runner(args: argparse.Namespace) -> tuple[Any, Path | str]:
-    """(runner, artifact) for --ckpt/--onnx/--engine/--triton (default: the bundled checkpoint)."""
+def _open_runner(args: argparse.Namespace, many: bool = False) -> tuple[Any, Path | str]:
+    """(runner, artifact) for --ckpt/--onnx/--engine/--triton (default: the bundled checkpoint);
+    ``many``: a folder or dataset follows (OpenVINO's throughput mode by default)."""
     from m2det.engines.registry import default_checkpoint, load_runner
 
+    backend = backend_kwargs(args, many)
     if args.triton is not None:
         from m2det.engines.triton.runner import TritonRunner
 
         return TritonRunner(args.triton, nms_from_args(args), model=args.triton_model), args.triton
     artifact = args.ckpt or args.onnx or args.engine or default_checkpoint()
     runner = load_runner(artifact, config=args.config, nms=nms_from_args(args), device=args.device,
-                         fp16=args.fp16)  # fmt: skip
+                         fp16=args.fp16, **backend)  # fmt: skip
     return runner, artifact
 
 
@@ -147,6 +152,20 @@ class _Detector:
         keep = scores >= self.draw_threshold
         return draw_detections(image, boxes[keep], scores[keep], classes[keep], self.labels)
 
+    def many(self, keys: list[str], images: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`__call__` for several images in one runner call (parallel requests)."""
+        sizes = [(im.shape[1], im.shape[0]) for im in images]
+        dets = self.runner(preprocess(images, self.runner.input_size)).scaled(sizes)
+        out = []
+        for b, (key, image, (w, h)) in enumerate(zip(keys, images, sizes, strict=True)):
+            boxes, scores, classes = dets.image(b)
+            np.clip(boxes, 0, np.array([w, h, w, h], np.float32), out=boxes)
+            self.records[key] = dets.to_json(b, self.labels)
+            keep = scores >= self.draw_threshold
+            out.append(draw_detections(image, boxes[keep], scores[keep], classes[keep],
+                                       self.labels))  # fmt: skip
+        return out
+
 
 def _detect(argv: Sequence[str] | None) -> int:
     args = _detect_parser().parse_args(argv)
@@ -164,13 +183,15 @@ def _detect(argv: Sequence[str] | None) -> int:
     is_video = source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS
     if not is_video and source.is_file():
         read_image(source)  # a single unreadable image is an error before the model loads
-    runner, artifact = _open_runner(args)
+    runner, artifact = _open_runner(args, many=len(files) > 1)
     detector = _Detector(runner, args.draw_threshold)
     skipped: dict[str, str] = {}  # file name -> why it could not be read
     written: list[Path] = []
     with remove_on_failure(out), _remove_files_on_failure(written), runner:
         if is_video:
             _detect_video(detector, source, out, console)
+        elif runner.preferred_batch > 1:
+            _detect_many(detector, files, out, skipped, written, console)
         else:
             for path in console.progress(files, desc="detect", unit="img"):
                 try:
@@ -196,6 +217,27 @@ def _detect(argv: Sequence[str] | None) -> int:
         console.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}")
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _detect_many(detector: _Detector, files: list[Path], out: Path, skipped: dict[str, str],
+                 written: list[Path], console: Console) -> None:
+    """The folder loop, ``runner.preferred_batch`` images per runner call (a runner with
+    parallel requests)."""
+    chunk = detector.runner.preferred_batch
+    bar = console.progress(total=len(files), desc="detect", unit="img")
+    for start in range(0, len(files), chunk):
+        keys, images = [], []
+        for path in files[start:start + chunk]:
+            try:
+                images.append(read_image(path))
+                keys.append(path.name)
+            except M2DetError as e:
+                skipped[path.name] = str(e).rsplit(": ", 1)[-1]
+        if images:
+            for key, annotated in zip(keys, detector.many(keys, images), strict=True):
+                written.append(_write_image(out / key, annotated))
+        bar.update(len(files[start:start + chunk]))
+    bar.close()
 
 
 @contextlib.contextmanager
@@ -277,7 +319,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="Folder of the annotated images.")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="Evaluate the first N images by id only.")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="Images per forward pass.")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="Images per forward pass (default 1; OpenVINO's throughput mode: its "
+                        "parallel requests).")  # fmt: skip
     p.add_argument("--save-detections", type=Path, default=None, metavar="OUT",
                    help="Write the COCO results (detections) JSON to OUT.")
     p.add_argument("--per-class", action="store_true", help="Also report AP per category.")
@@ -293,14 +337,16 @@ def _eval(argv: Sequence[str] | None) -> int:
     _check_artifact(args)
     if args.limit is not None and args.limit < 1:
         raise M2DetError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise M2DetError(f"--batch must be >= 1, got {args.batch}")
     if not args.ann.is_file():
         raise M2DetError(f"annotation file not found: {args.ann}")
     if not args.images.is_dir():
         raise M2DetError(f"image folder not found: {args.images}")
-    runner, artifact = _open_runner(args)
+    runner, artifact = _open_runner(args, many=True)
     with runner:
+        if args.batch is None:
+            args.batch = runner.preferred_batch
         metrics = evaluate_coco(runner, args.ann, args.images, config_labels=runner.config.labels,
                                 limit=args.limit, batch=args.batch, out_json=args.save_detections,
                                 per_class=args.per_class, progress=not args.quiet)  # fmt: skip

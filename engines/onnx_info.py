@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from m2det import contract
+from m2det.config import M2DetConfig, get_config
 from m2det.errors import M2DetError
 
 
@@ -196,3 +197,27 @@ def _onnx_nms_constants(model: Any) -> dict[str, Any] | None:
     if len(k) == 2 and k[1]:
         out["max_detections"] = k[1]
     return out
+
+
+def config_for_stripped(path: Path, facts: GraphFacts,
+                         config: M2DetConfig | str | None) -> M2DetConfig:
+    """The config of a file without ``m2det.*`` metadata: ``config`` (a preset), checked against
+    what the graph says; a one-line M2DetError naming the missing piece otherwise."""
+    if facts.input_size is None or facts.graph is None:
+        raise M2DetError(f"{path.name} has no m2det metadata and its graph is not an M2Det export "
+                         f"(input {contract.INPUT!r} [B,3,S,S] -> {list(contract.RAW_OUTPUTS)} or "
+                         f"{list(contract.NMS_OUTPUTS)}); got outputs {list(facts.outputs)}")
+    classes = "" if facts.num_classes is None else f", {facts.num_classes} classes"
+    if config is None:
+        raise M2DetError(f"{path.name} has no m2det metadata (a tool such as polygraphy surgeon "
+                         f"sanitize dropped it): pass --config NAME, the preset it was exported "
+                         f"from (its graph gives input {facts.input_size}x{facts.input_size}"
+                         f"{classes})")  # fmt: skip
+    cfg = get_config(config) if isinstance(config, str) else config
+    if cfg.input_size != facts.input_size:
+        raise M2DetError(f"{path.name} takes {facts.input_size}x{facts.input_size} images, config "
+                         f"{cfg.name!r} {cfg.input_size}x{cfg.input_size}")  # fmt: skip
+    if facts.num_classes is not None and facts.num_classes != cfg.num_classes - 1:
+        raise M2DetError(f"{path.name} scores {facts.num_classes} classes, config {cfg.name!r} "
+                         f"{cfg.num_classes - 1}")  # fmt: skip
+    return cfg

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from m2det import contract
-from m2det.config import M2DetConfig, get_config
+from m2det.config import M2DetConfig
 from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
 from m2det.detections import Detections
 from m2det.engines.base import Runner, Timing, check_batch, now_ms
-from m2det.engines.onnx_info import GraphFacts, graph_facts
+from m2det.engines.onnx_info import config_for_stripped, graph_facts
 from m2det.errors import M2DetError
 from m2det.export.onnx_export import config_from_metadata, read_metadata
 from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS, ort_session
@@ -67,7 +67,7 @@ class OnnxRunner(Runner):
         if contract.META_CONFIG in meta:
             cfg = config_from_metadata(meta, str(self.path))
         else:
-            cfg = _config_for_stripped(self.path, facts, config)
+            cfg = config_for_stripped(self.path, facts, config)
         if any(n.op_type == PLUGIN_NAME for n in model.graph.node):
             raise M2DetError(f"{self.path.name} contains the TensorRT plugin op {PLUGIN_NAME}, "
                              "which ONNX Runtime cannot run: build a plan with m2det-build, or "
@@ -137,30 +137,6 @@ class OnnxRunner(Runner):
         outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))
         self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
         return Detections.from_nms_outputs(outputs)
-
-
-def _config_for_stripped(path: Path, facts: GraphFacts,
-                         config: M2DetConfig | str | None) -> M2DetConfig:
-    """The config of a file without ``m2det.*`` metadata: ``config`` (a preset), checked against
-    what the graph says; a one-line M2DetError naming the missing piece otherwise."""
-    if facts.input_size is None or facts.graph is None:
-        raise M2DetError(f"{path.name} has no m2det metadata and its graph is not an M2Det export "
-                         f"(input {contract.INPUT!r} [B,3,S,S] -> {list(contract.RAW_OUTPUTS)} or "
-                         f"{list(contract.NMS_OUTPUTS)}); got outputs {list(facts.outputs)}")
-    classes = "" if facts.num_classes is None else f", {facts.num_classes} classes"
-    if config is None:
-        raise M2DetError(f"{path.name} has no m2det metadata (a tool such as polygraphy surgeon "
-                         f"sanitize dropped it): pass --config NAME, the preset it was exported "
-                         f"from (its graph gives input {facts.input_size}x{facts.input_size}"
-                         f"{classes})")  # fmt: skip
-    cfg = get_config(config) if isinstance(config, str) else config
-    if cfg.input_size != facts.input_size:
-        raise M2DetError(f"{path.name} takes {facts.input_size}x{facts.input_size} images, config "
-                         f"{cfg.name!r} {cfg.input_size}x{cfg.input_size}")  # fmt: skip
-    if facts.num_classes is not None and facts.num_classes != cfg.num_classes - 1:
-        raise M2DetError(f"{path.name} scores {facts.num_classes} classes, config {cfg.name!r} "
-                         f"{cfg.num_classes - 1}")  # fmt: skip
-    return cfg
 
 
 def _available(providers: list[str]) -> list[str]:

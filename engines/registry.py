@@ -1,9 +1,10 @@
 """Artifact -> runner: the one place that knows which backend runs which file.
 
-``.pth``/``.pt`` -> ``TorchRunner``; ``.onnx`` -> ``m2det.engines.onnx_runner.OnnxRunner``;
-``.plan``/``.engine`` -> ``m2det.engines.trt_runner.TensorRTRunner``. Backends are imported
-lazily, so a machine without ONNX Runtime or TensorRT can still run checkpoints; a missing backend
-is a one-line M2DetError.
+``.pth``/``.pt`` -> ``TorchRunner``; ``.onnx`` -> ``m2det.engines.onnx_runner.OnnxRunner``
+(``backend="openvino"``: ``m2det.engines.openvino_runner.OpenVinoRunner``); ``.plan``/``.engine`` ->
+``m2det.engines.trt_runner.TensorRTRunner``. Backends are imported lazily, so a machine without
+ONNX Runtime, OpenVINO or TensorRT can still run checkpoints; a missing backend is a one-line
+M2DetError that names the install command.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ TRT_SUFFIXES = (".plan", ".engine")
 
 _ORT = "onnxruntime (pip install 'm2det-deploy[export]')"
 _TRT = "TensorRT (pip install 'm2det-deploy[trt]')"
+_OV = "OpenVINO (pip install 'm2det-deploy[openvino]')"
+#: Backends that run ONNX files (``load_runner(..., backend=)``); the first is the default.
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+_OPENVINO = ("m2det.engines.openvino_runner", "OpenVinoRunner", _OV)
 # suffixes -> (module, class, what to install when the backend's package is missing)
 _BACKENDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     TORCH_SUFFIXES: ("m2det.engines.torch_runner", "TorchRunner", "torch"),
@@ -34,7 +39,7 @@ _BACKENDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     TRT_SUFFIXES: ("m2det.engines.trt_runner", "TensorRTRunner", _TRT),
 }
 # Third-party packages whose absence means "backend not installed", not a bug.
-_BACKEND_PACKAGES = {"onnxruntime", "tensorrt", "cuda", "pycuda"}
+_BACKEND_PACKAGES = {"onnxruntime", "openvino", "tensorrt", "cuda", "pycuda"}
 
 
 def default_checkpoint() -> Path:
@@ -45,13 +50,15 @@ def default_checkpoint() -> Path:
 
 
 def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None,
-                nms: NMSParams, device: str = "cpu", fp16: bool = False, **kw: Any) -> Runner:
+                nms: NMSParams, device: str = "cpu", fp16: bool = False,
+                backend: str | None = None, **kw: Any) -> Runner:
     """Construct the runner for ``artifact`` (not yet activated).
 
     ``config`` names the preset for checkpoints that record none, and for an ONNX file whose
     metadata a tool stripped; for ONNX files and plans that record theirs it is only checked.
     ``fp16`` applies to checkpoints (CUDA autocast): an ONNX file's or plan's precision is fixed
-    when it is exported/built. ``kw`` goes to the runner.
+    when it is exported/built. ``backend``: what runs an ONNX file, one of :data:`ONNX_BACKENDS`
+    (default ONNX Runtime). ``kw`` goes to the runner.
     """
     path = Path(artifact)
     suffix = path.suffix.lower()
@@ -60,6 +67,15 @@ def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None
         known = ", ".join(s for group in _BACKENDS for s in group)
         raise M2DetError(f"unknown artifact type {path.name!r}; expected one of {known}")
     module, cls_name, package = _BACKENDS[suffixes]
+    if backend not in (None, *ONNX_BACKENDS):
+        raise M2DetError(f"unknown backend {backend!r} for ONNX files; valid: "
+                         f"{', '.join(ONNX_BACKENDS)}")  # fmt: skip
+    if backend is not None and suffixes != ONNX_SUFFIXES:
+        raise M2DetError(f"--backend {backend} runs ONNX files, not {path.name}")
+    if backend == "openvino":
+        module, cls_name, package = _OPENVINO
+        if device != "cpu":
+            raise M2DetError(f"the OpenVINO runner runs on the CPU, not {device!r}")
     if not path.is_file():
         kind = {TORCH_SUFFIXES: "checkpoint", ONNX_SUFFIXES: "ONNX file"}.get(suffixes, "plan")
         raise M2DetError(f"{kind} not found: {path}")
@@ -73,9 +89,11 @@ def load_runner(artifact: str | Path, *, config: M2DetConfig | str | None = None
                          "exported/built; fp16 applies to checkpoints only")  # fmt: skip
     runner_cls = _import(module, cls_name, package)
     try:
-        if suffixes == ONNX_SUFFIXES:
-            runner = runner_cls(path, nms, providers=_ort_providers(device), config=config,
-                                **kw)  # config: used only when the file's metadata is stripped
+        # config: used only when an ONNX file's metadata is stripped
+        if backend == "openvino":
+            runner = runner_cls(path, nms, config=config, **kw)
+        elif suffixes == ONNX_SUFFIXES:
+            runner = runner_cls(path, nms, providers=_ort_providers(device), config=config, **kw)
         else:
             runner = runner_cls(path, nms=nms, **kw)
     except ModuleNotFoundError as e:  # backends may import their package on construction

@@ -144,7 +144,12 @@ def test_harness_ap_equals_m2det_eval(kind: str, tiny_ckpt: Path, shapes: dict[s
     (["--ckpt", "{ckpt}", "--ann", "missing.json", "--images", "."], "annotation file not found"),
     (["--ckpt", "{ckpt}", "--backends", "torch,tflite"], "unknown backend 'tflite'"),
     (["--sweep", "320,640"], "--sweep size 640 has no VGG preset"),
-    (["--onnx", "{plan}", "--backends", "onnxruntime"], "apply to checkpoints"),
+    (["--engine", "{plan}", "--backends", "onnxruntime"], "applies to checkpoints"),
+    (["--onnx", "{plan}", "--backends", "openvino,torch"], "applies to checkpoints"),
+    (["--onnx", "{plan}", "--official", "."], "apply to checkpoints"),
+    (["--official", "{plan}"], "checkout not found"),
+    (["--ckpt", "{ckpt}", "--backends", "openvino", "--ov-precision", "fp16"],
+     "unknown OpenVINO precision 'fp16'"),
     (["--ckpt", "{ckpt}", "--batch", "0"], "batch sizes must be >= 1"),
 ])  # fmt: skip
 def test_bad_inputs_one_line_exit_2(args: list[str], message: str, tiny_ckpt: Path,

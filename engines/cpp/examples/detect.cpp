@@ -1,12 +1,16 @@
-// m2det_detect_example: run an M2Det NMS plan on images and print one JSON line per image.
-//   m2det_detect_example PLAN IMAGE... [--plugin-lib libm2det_plugins.so] [--labels a,b,c]
+// m2det_detect_example: run M2Det on images and print one JSON line per image.
+//   m2det_detect_example MODEL IMAGE... [--backend tensorrt|openvino] [--plugin-lib LIB]
+//       [--allow-host-code] [--precision f32|bf16|auto] [--threads N]
+// MODEL: a TensorRT plan of an NMS graph, or an ONNX file (OpenVINO). Without OpenCV the example
+// reads uncompressed BMP and binary PPM files only.
+#include "image_file.h"
 #include "m2det/detector.h"
-
-#include <opencv2/imgcodecs.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <iomanip>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,7 +20,7 @@ namespace
 
 struct Args
 {
-    std::string plan;
+    std::string model;
     std::vector<std::string> images;
     m2det::DetectorOptions options;
 };
@@ -36,6 +40,28 @@ Args parse(int argc, char** argv)
         {
             args.options.allowEngineHostCode = true;
         }
+        else if (arg == "--backend" && i + 1 < argc)
+        {
+            std::string const name = argv[++i];
+            if (name != "tensorrt" && name != "openvino")
+            {
+                throw m2det::Error("--backend must be tensorrt or openvino, not " + name);
+            }
+            args.options.backend = name == "tensorrt" ? m2det::Backend::kTensorRT : m2det::Backend::kOpenVINO;
+        }
+        else if (arg == "--precision" && i + 1 < argc)
+        {
+            args.options.inferencePrecision = argv[++i];
+        }
+        else if (arg == "--threads" && i + 1 < argc)
+        {
+            std::string const n = argv[++i];
+            if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos || n.size() > 6)
+            {
+                throw m2det::Error("--threads needs a number >= 0, not " + n);
+            }
+            args.options.threads = std::stoi(n);
+        }
         else if (!arg.empty() && arg[0] == '-')
         {
             throw m2det::Error("unknown option " + arg);
@@ -47,10 +73,10 @@ Args parse(int argc, char** argv)
     }
     if (positional.size() < 2)
     {
-        throw m2det::Error(
-            "usage: m2det_detect_example PLAN IMAGE... [--plugin-lib LIB] [--allow-host-code]");
+        throw m2det::Error("usage: m2det_detect_example MODEL IMAGE... [--backend tensorrt|openvino] "
+                           "[--plugin-lib LIB] [--allow-host-code] [--precision f32|bf16|auto] [--threads N]");
     }
-    args.plan = positional.front();
+    args.model = positional.front();
     args.images.assign(positional.begin() + 1, positional.end());
     return args;
 }
@@ -81,10 +107,12 @@ std::string jsonString(std::string const& text)
     return out.str();
 }
 
-std::string toJson(std::string const& image, std::vector<m2det::Detection> const& dets)
+std::string toJson(std::string const& image, std::string const& backend, std::vector<m2det::Detection> const& dets)
 {
     std::ostringstream out;
-    out << "{\"image\": " << jsonString(image) << ", \"detections\": [";
+    out << std::setprecision(std::numeric_limits<float>::max_digits10); // floats round-trip exactly
+    out << "{\"image\": " << jsonString(image) << ", \"backend\": " << jsonString(backend)
+        << ", \"detections\": [";
     for (std::size_t i = 0; i < dets.size(); ++i)
     {
         m2det::Detection const& d = dets[i];
@@ -102,15 +130,12 @@ int main(int argc, char** argv)
     try
     {
         Args const args = parse(argc, argv);
-        m2det::Detector detector(args.plan, args.options);
+        m2det::Detector detector(args.model, args.options);
         for (std::string const& path : args.images)
         {
-            cv::Mat const image = cv::imread(path, cv::IMREAD_COLOR);
-            if (image.empty())
-            {
-                throw m2det::Error("cannot read image " + path);
-            }
-            std::cout << toJson(path, detector.detect(image)) << '\n';
+            m2det_example::ImageFile const image = m2det_example::readImageFile(path);
+            m2det::ImageView const view{image.bgr.data(), image.width, image.height, 0};
+            std::cout << toJson(path, detector.backendName(), detector.detect(view)) << '\n';
         }
         return 0;
     }

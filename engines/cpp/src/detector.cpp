@@ -1,6 +1,8 @@
-// m2det::Detector: plan + plugin library -> TensorRT engine/context on its own CUDA stream.
-// Every CUDA and TensorRT object is owned by a unique_ptr (custom deleters for CUDA handles) and
-// released in reverse order of creation; every failure throws m2det::Error with one line.
+// The TensorRT backend of m2det::Detector: plan + plugin library -> TensorRT engine/context on its
+// own CUDA stream. Every CUDA and TensorRT object is owned by a unique_ptr (custom deleters for
+// CUDA handles) and released in reverse order of creation; every failure throws m2det::Error with
+// one line. The Detector front end (preprocessing, moved-from checks) is detector_frontend.cpp.
+#include "backend.h"
 #include "m2det/detector.h"
 
 #include <NvInfer.h>
@@ -193,7 +195,8 @@ struct Tensor
 
 } // namespace
 
-struct Detector::Impl
+//! A deserialized plan with its execution context, stream and I/O buffers.
+struct TensorRTPlan
 {
     // Declaration order = construction order; members are destroyed in reverse.
     Logger logger;
@@ -208,7 +211,7 @@ struct Detector::Impl
     int32_t maxBatch{0};
     int32_t maxDetections{0};
 
-    Impl(std::string const& planPath, DetectorOptions const& options)
+    TensorRTPlan(std::string const& planPath, DetectorOptions const& options)
         : plugins(options.pluginLibrary)
     {
         checkCuda(cudaSetDevice(options.device), "cudaSetDevice");
@@ -367,92 +370,60 @@ struct Detector::Impl
     }
 };
 
-Detector::Detector(std::string const& planPath, DetectorOptions const& options)
-    : mImpl(std::make_unique<Impl>(planPath, options))
-{
-}
-
-Detector::~Detector() = default;
-Detector::Detector(Detector&&) noexcept = default;
-Detector& Detector::operator=(Detector&&) noexcept = default;
-
-Detector::Impl& Detector::impl(char const* method) const
-{
-    if (!mImpl)
-    {
-        throw std::logic_error(std::string("m2det::Detector::") + method
-            + ": this Detector was moved from and holds no plan");
-    }
-    return *mImpl;
-}
-
-std::vector<Detection> Detector::detect(ImageView const& image)
-{
-    impl("detect");
-    return detect(std::vector<ImageView>{image}).front();
-}
-
-std::vector<std::vector<Detection>> Detector::detect(std::vector<ImageView> const& images)
-{
-    Impl& d = impl("detect");
-    d.checkBatch(images.size());
-    std::vector<std::array<float, 2>> sizes;
-    sizes.reserve(images.size());
-    for (std::size_t b = 0; b < images.size(); ++b)
-    {
-        preprocessBgr(images[b], d.size, d.inputHost(static_cast<int32_t>(b)));
-        sizes.push_back({static_cast<float>(images[b].width), static_cast<float>(images[b].height)});
-    }
-    return d.run(sizes);
-}
-
-#ifdef M2DET_WITH_OPENCV
 namespace
 {
-ImageView view(cv::Mat const& image)
+
+//! TensorRTPlan behind the DetectorBackend interface.
+class TensorRTBackend final : public DetectorBackend
 {
-    if (image.empty() || image.type() != CV_8UC3)
+public:
+    TensorRTBackend(std::string const& planPath, DetectorOptions const& options)
+        : mPlan(planPath, options)
     {
-        throw Error("m2det: expected a non-empty CV_8UC3 (BGR) image");
     }
-    return ImageView{image.ptr<uint8_t>(0), image.cols, image.rows, image.step[0]};
-}
+
+    int32_t inputSize() const override
+    {
+        return mPlan.size;
+    }
+    int32_t minBatch() const override
+    {
+        return mPlan.minBatch;
+    }
+    int32_t maxBatch() const override
+    {
+        return mPlan.maxBatch;
+    }
+    int32_t maxDetections() const override
+    {
+        return mPlan.maxDetections;
+    }
+    std::string name() const override
+    {
+        return "tensorrt";
+    }
+    void checkBatch(std::size_t n) const override
+    {
+        mPlan.checkBatch(n);
+    }
+    float* inputHost(int32_t b) override
+    {
+        return mPlan.inputHost(b);
+    }
+    std::vector<std::vector<Detection>> run(std::vector<std::array<float, 2>> const& sizes) override
+    {
+        return mPlan.run(sizes);
+    }
+
+private:
+    TensorRTPlan mPlan;
+};
+
 } // namespace
 
-std::vector<Detection> Detector::detect(cv::Mat const& image)
+std::unique_ptr<DetectorBackend> makeTensorRTBackend(std::string const& planPath, DetectorOptions const& options)
 {
-    impl("detect");
-    return detect(view(image));
-}
-
-std::vector<std::vector<Detection>> Detector::detect(std::vector<cv::Mat> const& images)
-{
-    impl("detect");
-    std::vector<ImageView> views;
-    views.reserve(images.size());
-    for (cv::Mat const& image : images)
-    {
-        views.push_back(view(image));
-    }
-    return detect(views);
-}
-#endif
-
-int32_t Detector::inputSize() const
-{
-    return impl("inputSize").size;
-}
-int32_t Detector::minBatch() const
-{
-    return impl("minBatch").minBatch;
-}
-int32_t Detector::maxBatch() const
-{
-    return impl("maxBatch").maxBatch;
-}
-int32_t Detector::maxDetections() const
-{
-    return impl("maxDetections").maxDetections;
+    return std::make_unique<TensorRTBackend>(planPath, options);
 }
 
 } // namespace m2det

@@ -1,8 +1,10 @@
 // A moved-from m2det::Detector must not be dereferenced: every method throws std::logic_error
 // naming the method, while the Detector it was moved into keeps working (also across move
-// assignment).  Needs a GPU, libnvinfer and an NMS plan:
-//   M2DET_TEST_PLAN=model_nms.plan [M2DET_TEST_PLUGIN_LIB=libm2det_plugins.so] m2det_detector_test
-// Without a plan it prints why and exits 77 (ctest: skipped).
+// assignment).  Needs a model: an NMS plan (a GPU and libnvinfer) or, with the OpenVINO backend,
+// an exported ONNX file:
+//   M2DET_TEST_MODEL=model_nms.plan [M2DET_TEST_PLUGIN_LIB=libm2det_plugins.so] m2det_detector_test
+//   M2DET_TEST_MODEL=m2det_tiny.onnx m2det_detector_test
+// ($M2DET_TEST_PLAN is read too.) Without a model it prints why and exits 77 (ctest: skipped).
 #include "m2det/detector.h"
 
 #include <cstdio>
@@ -60,6 +62,7 @@ void checkMovedFrom(m2det::Detector& d, int line)
     CHECK(throwsMovedFrom([&] { static_cast<void>(d.minBatch()); }, "minBatch"));
     CHECK(throwsMovedFrom([&] { static_cast<void>(d.maxBatch()); }, "maxBatch"));
     CHECK(throwsMovedFrom([&] { static_cast<void>(d.maxDetections()); }, "maxDetections"));
+    CHECK(throwsMovedFrom([&] { static_cast<void>(d.backendName()); }, "backendName"));
     CHECK(throwsMovedFrom([&] { static_cast<void>(d.detect(image)); }, "detect"));
     CHECK(throwsMovedFrom([&] { static_cast<void>(d.detect(std::vector<m2det::ImageView>{image})); }, "detect"));
 #ifdef M2DET_WITH_OPENCV
@@ -86,11 +89,13 @@ void checkUsable(m2det::Detector& d, int32_t size)
 
 int main()
 {
-    char const* plan = std::getenv("M2DET_TEST_PLAN");
+    char const* plan = std::getenv("M2DET_TEST_MODEL");
+    if (plan == nullptr || *plan == '\0')
+        plan = std::getenv("M2DET_TEST_PLAN");
     if (plan == nullptr || *plan == '\0')
     {
-        std::printf("m2det_detector_test: skipped: set M2DET_TEST_PLAN to an M2Det NMS plan "
-                    "(and M2DET_TEST_PLUGIN_LIB to libm2det_plugins.so)\n");
+        std::printf("m2det_detector_test: skipped: set M2DET_TEST_MODEL to an M2Det NMS plan "
+                    "(and M2DET_TEST_PLUGIN_LIB to libm2det_plugins.so) or an exported ONNX file\n");
         return 77;
     }
     try

@@ -1,11 +1,15 @@
-// m2det::Detector — run an M2Det TensorRT plan (built by m2det-build from an NMS graph) on BGR
-// images from C++.
+// m2det::Detector — run M2Det on BGR images from C++, through one of two backends:
+//   TensorRT: a plan built by m2det-build from an NMS graph (TensorRT 10 and 11, a CUDA GPU);
+//   OpenVINO: an ONNX file written by m2det-export (raw graph: soft-NMS on the host by the C++
+//             reference of plugins/soft_nms, bit-identical to m2det.nms; or an onnx-hard NMS graph),
+//             on the CPU.
 //
 // Preprocessing is the project's one definition: resize to SxS (bilinear, as cv::resize
-// INTER_LINEAR; no letterbox), BGR float32 0-255, NCHW. Mean subtraction is inside the plan.
-// Detections come back in pixels of the original image. Works with TensorRT 10 and 11.
-// The plan's tensor names and the plugin's name are those of m2det/contract.h (M2DET_INPUT_NAME,
-// M2DET_NMS_OUTPUT_*, M2DET_PLUGIN_NAME), the C++ mirror of m2det/contract.py.
+// INTER_LINEAR; no letterbox), BGR float32 0-255, NCHW. Mean subtraction is inside the model.
+// Detections come back in pixels of the original image.
+// Tensor names, the plugin's name and the metadata keys are those of m2det/contract.h
+// (M2DET_INPUT_NAME, M2DET_NMS_OUTPUT_*, M2DET_PLUGIN_NAME, ...), the C++ mirror of
+// m2det/contract.py.
 #pragma once
 
 #include "m2det/contract.h"
@@ -52,8 +56,36 @@ struct ImageView
     std::size_t stride{0}; //!< bytes per row; 0 means width * 3
 };
 
+//! What runs the model file.
+enum class Backend : int32_t
+{
+    kAuto = 0,     //!< by the file name: ".onnx" -> kOpenVINO, anything else (a plan) -> kTensorRT
+    kTensorRT = 1, //!< a TensorRT plan of an NMS graph, on a CUDA GPU
+    kOpenVINO = 2, //!< an exported ONNX file (raw or onnx-hard NMS graph), on the CPU
+};
+
+//! Soft-NMS of a raw graph's boxes and scores on the host (OpenVINO backend). The defaults are
+//! the `official` preset of m2det.nms (what m2det-detect and the Python runners use by default);
+//! the fields are the M2DET_ATTR_* attributes of m2det/contract.h, semantics in
+//! plugins/soft_nms/README.md.
+struct NmsOptions
+{
+    float scoreThreshold{0.1F}; //!< candidates need score > scoreThreshold
+    float iouThreshold{0.3F};   //!< Nt of hard and linear soft-NMS
+    float sigma{0.45F};         //!< gaussian: w = exp(-iou^2 / sigma)
+    float minScore{0.001F};     //!< a decayed candidate is dropped below this
+    int32_t method{1};          //!< 0 hard, 1 linear, 2 gaussian
+    int32_t maxCandidates{M2DET_MAX_CANDIDATES}; //!< top-k per (image, class) before NMS
+    int32_t keepPerClass{50};   //!< emissions per (image, class); <= 0: no limit
+    int32_t maxDetections{0};   //!< per image after the class merge; 0: no cap
+};
+
 struct DetectorOptions
 {
+    //! Which backend runs the file (default: by its name).
+    Backend backend{Backend::kAuto};
+
+    // ----- TensorRT
     //! The soft-NMS plugin library (libm2det_plugins.so). Empty: the plugin must already be
     //! registered, or serialized into a version-compatible plan.
     std::string pluginLibrary;
@@ -61,15 +93,27 @@ struct DetectorOptions
     int32_t device{0};
     //! Allow a version-compatible plan's embedded lean runtime / plugin code to run.
     bool allowEngineHostCode{false};
+
+    // ----- OpenVINO
+    //! Inference precision of what the file leaves in floating point: "f32" (results equal ONNX
+    //! Runtime's), "bf16", or "auto" (OpenVINO's choice: bf16 on CPUs with bf16 instructions).
+    std::string inferencePrecision{"f32"};
+    //! CPU threads; 0: OpenVINO's default (all cores).
+    int32_t threads{0};
+    //! Host soft-NMS of a raw graph (an NMS graph uses the NMS it was exported with).
+    NmsOptions nms;
 };
 
-//! Loads a plan once; detect() may be called repeatedly (not concurrently from several threads).
-//! A moved-from Detector holds nothing: every method except destruction and assignment throws
-//! std::logic_error.
+class DetectorBackend;
+
+//! Loads a plan or ONNX file once; detect() may be called repeatedly (not concurrently from
+//! several threads). A moved-from Detector holds nothing: every method except destruction and
+//! assignment throws std::logic_error.
 class Detector
 {
 public:
-    explicit Detector(std::string const& planPath, DetectorOptions const& options = {});
+    //! `modelPath`: a TensorRT plan or an ONNX file (options.backend, by default by its name).
+    explicit Detector(std::string const& modelPath, DetectorOptions const& options = {});
     ~Detector();
     Detector(Detector&&) noexcept;
     Detector& operator=(Detector&&) noexcept;
@@ -78,7 +122,7 @@ public:
 
     //! One image -> its detections (sorted by score, descending).
     std::vector<Detection> detect(ImageView const& image);
-    //! A batch (size within the plan's optimization profile) -> detections per image.
+    //! A batch (size within minBatch()..maxBatch()) -> detections per image.
     std::vector<std::vector<Detection>> detect(std::vector<ImageView> const& images);
 
 #ifdef M2DET_WITH_OPENCV
@@ -88,20 +132,22 @@ public:
 #endif
 
     int32_t inputSize() const;   //!< S of the [B,3,S,S] input
-    int32_t minBatch() const;    //!< the plan's optimization profile
+    int32_t minBatch() const;    //!< the plan's optimization profile; the ONNX file's batch
     int32_t maxBatch() const;
-    int32_t maxDetections() const; //!< K of the NMS outputs
+    int32_t maxDetections() const; //!< K of the NMS outputs (raw graph: most an image can get)
+    //! What runs the model, e.g. "tensorrt", "openvino-f32", "openvino-auto(bf16)".
+    std::string backendName() const;
 
 private:
-    struct Impl;
-    //! The loaded plan; throws std::logic_error naming `method` when this Detector was moved from.
-    Impl& impl(char const* method) const;
-    std::unique_ptr<Impl> mImpl;
+    //! The loaded model; throws std::logic_error naming `method` when this Detector was moved from.
+    DetectorBackend& impl(char const* method) const;
+    std::unique_ptr<DetectorBackend> mImpl;
 };
 
 //! Bilinear resize of a BGR 8-bit image to SxS followed by HWC->CHW float conversion, written to
-//! `out` (3*S*S floats). Same sampling as cv::resize INTER_LINEAR (half-pixel centres, edge
-//! clamp); values agree with OpenCV's fixed-point path to within 1 (of 255).
+//! `out` (3*S*S floats). With OpenCV: cv::resize INTER_LINEAR itself. Without: the same
+//! arithmetic (11-bit fixed-point weights, OpenCV's vectorized vertical rounding), equal to
+//! OpenCV's result bit for bit (checked against the opencv-python of m2det.preprocess).
 void preprocessBgr(ImageView const& image, int32_t size, float* out);
 
 } // namespace m2det
