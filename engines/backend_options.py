@@ -18,18 +18,18 @@ def add_backend_args(group: Any) -> None:
     from m2det.engines.registry import ONNX_BACKENDS
 
     group.add_argument("--backend", choices=ONNX_BACKENDS, default=None,
-                       help="what runs --onnx (default onnxruntime); openvino needs "
-                            "pip install 'm2det-deploy[openvino]'")  # fmt: skip
+                       help="What runs --onnx (default onnxruntime); openvino needs "
+                            "pip install 'm2det-deploy[openvino]'.")  # fmt: skip
     group.add_argument("--ov-precision", choices=OV_PRECISIONS, default="f32",
                        help="OpenVINO's inference precision for what the file leaves in float: "
                             "f32 (= ONNX Runtime's results), bf16, or auto (OpenVINO's choice: "
-                            "bf16 on CPUs with bf16 instructions)")  # fmt: skip
+                            "bf16 on CPUs with bf16 instructions).")  # fmt: skip
     group.add_argument("--ov-mode", choices=OV_MODE_CHOICES, default="auto",
                        help="OpenVINO: latency (one request) or throughput (parallel "
                             "multi-stream requests); auto: throughput for folders and "
-                            "evaluation")  # fmt: skip
+                            "evaluation.")  # fmt: skip
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="CPU threads of ONNX Runtime / OpenVINO / torch (default: all)")
+                       help="CPU threads of ONNX Runtime / OpenVINO / torch (default: all).")
 
 
 def backend_kwargs(args: argparse.Namespace, many: bool) -> dict[str, Any]:

@@ -173,8 +173,8 @@ def evaluate_coco(predict: Predictor, ann_file: str | Path, image_dir: str | Pat
     0-255 -> Detections (boxes normalized), S its ``input_size``. ``config_labels`` (the model's
     foreground names) is checked against the file's category count. ``limit``: first N images by
     id. Unreadable images are skipped and listed under ``"skipped"``. ``out_json``: the COCO
-    results list, written atomically. Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "num_images",
-    "num_detections", "skipped"}`` (+ ``"per_class"``).
+    results list, written atomically. Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl",
+    "AR1", ..., "num_images", "num_detections", "skipped"}`` (+ ``"per_class"``).
     """
     size = predict.input_size
     if batch < 1:

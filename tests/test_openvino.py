@@ -146,6 +146,28 @@ def test_unusable_files_are_one_line(data: dict[str, Path], tmp_path: Path) -> N
         OpenVinoRunner(data["raw"], NMS)(np.zeros((1, 3, 64, 64), np.float32))
 
 
+def test_file_without_metadata_runs_given_the_config(data: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """A file whose metadata a tool dropped runs with --config, checked against its graph, as in
+    the ONNX Runtime runner; its detections are the original file's."""
+    bare = onnx.load(data["raw"])
+    del bare.metadata_props[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    with pytest.raises(M2DetError, match=r"pass --config NAME.*160x160"):
+        OpenVinoRunner(tmp_path / "bare.onnx", NMS)
+    with pytest.raises(M2DetError, match="takes 160x160 images, config 'm2det320_vgg'"):
+        OpenVinoRunner(tmp_path / "bare.onnx", NMS, config="m2det320_vgg")
+    x = _batch(data, 2)
+    with OpenVinoRunner(data["raw"], NMS, threads=1) as original, \
+            load_runner(tmp_path / "bare.onnx", nms=NMS, backend="openvino", config="m2det_tiny",
+                        threads=1) as stripped:  # fmt: skip
+        assert stripped.config == original.config and stripped.graph == "raw"
+        want, got = original(x), stripped(x)
+    assert want.num.min() > 0
+    np.testing.assert_array_equal(got.num, want.num)
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+
+
 def test_registry(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     runner = load_runner(data["raw"], nms=NMS, backend="openvino", threads=1, ov_precision="bf16")
     assert isinstance(runner, OpenVinoRunner) and runner.threads == 1
