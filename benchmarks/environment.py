@@ -125,6 +125,7 @@ def library_versions() -> dict[str, str | None]:
             "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
             "onnx": version("onnx"), "modelopt": version("nvidia-modelopt"),
             "opencv": cv2.__version__, "tensorrt": trt,
+            "tensorrt_rtx": version("tensorrt-rtx-cu13") or version("tensorrt-rtx-cu12"),
             "openvino": version("openvino")}  # fmt: skip
 
 

@@ -329,7 +329,11 @@ def test_onnx_hard_nms_refuses_what_it_cannot_do() -> None:
 
 
 def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import m2det.engines.export_cli as export_cli
+
+    monkeypatch.setattr(export_cli, "installed_module", lambda name: None)  # neither library
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.pth"
     save_checkpoint(build_model(CFG), ckpt)
@@ -340,8 +344,8 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "m2det_tiny.onnx", "m2det_tiny_export.json", "m2det_tiny_nms.onnx"]
-    if not precision.tensorrt_usable():
-        assert captured.err.count("m2det-export: warning: TensorRT is not installed") == 1
+    assert captured.err.count("m2det-export: warning: neither TensorRT nor TensorRT-RTX is "
+                              "installed: skipped the engine build") == 1
     summary = json.loads((out / "m2det_tiny_export.json").read_text())
     assert summary["config"] == "m2det_tiny" and summary["batch"] == "dynamic"
     assert summary["parity"]["fp32_vs_torch"]["boxes_max"] < 1e-4
@@ -349,6 +353,45 @@ def test_cli_writes_files_summary_and_skips_engine_without_tensorrt(
     assert summary["files"]["nms"]["bytes"] == (out / "m2det_tiny_nms.onnx").stat().st_size
     meta = read_metadata(onnx.load(str(out / "m2det_tiny_nms.onnx")))
     assert meta["graph"] == "nms-plugin" and json.loads(meta["nms"])["method"] == 1
+
+
+def test_cli_engine_options_are_checked_before_any_work(
+        ckpt_without_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import m2det.engines.export_cli as export_cli
+    from m2det.engines.trt_target import TrtTarget
+
+    base = ["--ckpt", str(ckpt_without_config), "--config", "m2det_tiny", "--out",
+            str(tmp_path / "o")]  # fmt: skip
+    assert main([*base, "--target", "tensorrt-rtx"]) == 2
+    assert "--target applies to --engine" in _error_line(capsys)
+    rtx = TrtTarget("tensorrt-rtx", object(), "1.7.1")
+    monkeypatch.setattr(export_cli, "resolve_target", lambda name: rtx)
+    monkeypatch.setattr(export_cli, "installed_module", lambda name: object())
+    assert main([*base, "--engine", "--nms-graph", "onnx-hard"]) == 2
+    assert "TensorRT-RTX has no NonMaxSuppression" in _error_line(capsys)
+    monkeypatch.setattr(export_cli, "resolve_plugin_library", lambda lib: None)
+    assert main([*base, "--engine", "--nms-graph", "soft"]) == 2
+    assert "needs the soft-NMS plugin library" in _error_line(capsys)
+    assert not (tmp_path / "o").exists()  # every refusal came before the export
+
+
+def test_cli_engine_builds_with_tensorrt_rtx(ckpt_without_config: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Where only TensorRT-RTX is installed (as in CI), --engine builds a real plan with it."""
+    from m2det.engines.plan_sidecar import read_sidecar
+    from m2det.engines.trt_target import installed_module
+
+    if installed_module("tensorrt-rtx") is None:
+        pytest.skip("TensorRT-RTX is not installed (pip install 'm2det-deploy[trt-rtx]')")
+    out = tmp_path / "o"
+    assert main(["--ckpt", str(ckpt_without_config), "--config", "m2det_tiny", "--out", str(out),
+                 "--batch", "1", "--engine", "--target", "tensorrt-rtx", "--quiet"]) == 0
+    summary = json.loads((out / "m2det_tiny_b1_export.json").read_text())
+    plan = Path(summary["files"]["engine"]["path"])
+    assert plan.is_file() and summary["files"]["engine"]["bytes"] == plan.stat().st_size
+    meta = read_sidecar(plan)
+    assert meta["library"] == "tensorrt-rtx" and meta["graph"] == "raw"
 
 
 def test_deprecated_nms_flag_is_an_alias_with_one_warning(
