@@ -19,10 +19,7 @@ areas use the "+1" pixel convention.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import re
-import subprocess
 import sys
 import tempfile
 import types
@@ -31,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from m2det.benchmarks import official_checkout
+from m2det.benchmarks.official_checkout import PYX
 from m2det.config import M2DetConfig
 from m2det.detections import Detections
 from m2det.engines.base import Runner, Timing, check_batch, now_ms
@@ -40,59 +39,25 @@ from m2det.nms import NMSParams
 #: Files of the checkout this module uses (``configs/<config>.py`` besides).
 OFFICIAL_FILES = ("m2det.py", "data/anchors.py", "layers/functions/__init__.py",
                   "layers/functions/detection.py", "layers/functions/prior_box.py",
-                  "utils/box_utils.py", "utils/nms/cpu_nms.pyx")  # fmt: skip
-#: NumPy 2 and Cython 3 removed the aliases the 2019 Cython source uses; replaced in the copy
-#: that is compiled (the arithmetic is unchanged).
-_PYX_FIXES = ((r"np\.float thresh", "float thresh"), (r"np\.int_t\b", "np.intp_t"),
-              (r"dtype=np\.int\)", "dtype=np.intp)"))  # fmt: skip
+                  "utils/box_utils.py", PYX)  # fmt: skip
 _modules: dict[str, Any] = {}
 
 
 def check_checkout(repo: str | Path) -> Path:
-    """``repo`` if it holds the official files this module needs, else a one-line M2DetError."""
-    path = Path(repo)
-    if not path.is_dir():
-        raise M2DetError(f"official M2Det checkout not found: {path}")
-    missing = [f for f in OFFICIAL_FILES if not (path / f).is_file()]
-    if missing:
-        raise M2DetError(f"{path} is not a checkout of github.com/qijiezhao/M2Det "
-                         f"(no {missing[0]})")  # fmt: skip
+    """``repo`` if it holds the official files this runner needs and Cython is installed, else a
+    one-line M2DetError (checked before any export or calibration)."""
+    path = official_checkout.check_checkout(repo, OFFICIAL_FILES)
+    official_checkout.require_cython()
     return path
 
 
 def build_soft_nms(repo: str | Path, work: Path | None = None) -> Any:
-    """The checkout's ``cpu_nms`` Cython module, compiled (once per source, cached in ``work`` or
-    a temporary folder) and imported; M2DetError without Cython or a C compiler."""
-    source = (check_checkout(repo) / "utils/nms/cpu_nms.pyx").read_text()
-    for pattern, replacement in _PYX_FIXES:
-        source = re.sub(pattern, replacement, source)
-    key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    if key in _modules:
-        return _modules[key]
-    if importlib.util.find_spec("Cython") is None:
-        raise M2DetError("building the official Cython soft-NMS needs Cython: pip install cython")
-    folder = (work or Path(tempfile.mkdtemp(prefix="m2det-official-"))) / f"cpu_nms_{key}"
-    folder.mkdir(parents=True, exist_ok=True)
-    built = sorted(folder.glob("official_cpu_nms*.so"))
-    if not built:
-        (folder / "official_cpu_nms.pyx").write_text(source)
-        setup = ("from setuptools import Extension, setup\nfrom Cython.Build import cythonize\n"
-                 "import numpy\nsetup(ext_modules=cythonize([Extension('official_cpu_nms', "
-                 "['official_cpu_nms.pyx'], include_dirs=[numpy.get_include()])], "
-                 "language_level=3, quiet=True), "
-                 "script_args=['build_ext', '--inplace'])\n")  # fmt: skip
-        run = subprocess.run([sys.executable, "-c", setup], cwd=folder, capture_output=True,
-                             text=True, check=False)  # fmt: skip
-        built = sorted(folder.glob("official_cpu_nms*.so"))
-        if run.returncode != 0 or not built:
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            raise M2DetError(f"cannot compile the official cpu_nms.pyx: {last[:200]}")
-    spec = importlib.util.spec_from_file_location("official_cpu_nms", built[0])
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _modules[key] = module
-    return module
+    """The checkout's ``cpu_nms`` Cython module (NumPy-2 respellings applied), compiled in
+    ``work`` (reused when already built there; default: a temporary folder) and imported."""
+    source = official_checkout.numpy2_source((check_checkout(repo) / PYX).read_text())
+    parent = work or Path(tempfile.mkdtemp(prefix="m2det-official-"))
+    return official_checkout.compile_cython({"official_cpu_nms": source},
+                                            parent)["official_cpu_nms"]
 
 
 def import_official(repo: str | Path) -> dict[str, Any]:
@@ -114,21 +79,15 @@ def import_official(repo: str | Path) -> dict[str, Any]:
                          "utils.core": core}.items():  # fmt: skip
         sys.modules.setdefault(name, module)
     sys.path.insert(0, str(path))
-    out = {"m2det": _load("official_m2det", path / "m2det.py"),
-           "anchors": _load("official_anchors", path / "data" / "anchors.py")}  # fmt: skip
+    load = official_checkout.import_file
+    out = {"m2det": load(path / "m2det.py", "official_m2det", register=True),
+           "anchors": load(path / "data" / "anchors.py", "official_anchors", register=True)}
     functions = importlib.import_module("layers.functions")
     out["Detect"], out["PriorBox"] = functions.Detect, functions.PriorBox
     _modules["m2det"] = out
     return out
 
 
-def _load(name: str, file: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, file)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def official_config(cfg: M2DetConfig) -> dict[str, Any]:

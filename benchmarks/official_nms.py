@@ -6,18 +6,15 @@ post-processing functions (``decode``, ``Detect``, ``nms``, ``nms_process``) com
 source alone, without running the modules around them (their imports need CUDA builds and data
 packages; ``utils/box_utils.py`` would switch torch's default tensor type on a GPU machine).
 
-Needs Cython and a C compiler: the build is the official one (``utils/build.py``: the Python's
-default flags plus ``-Wno-cpp -Wno-unused-function``), restricted to ``cpu_soft_nms``, whose
-sibling ``cpu_nms`` no longer compiles against numpy 2.
+Needs Cython and a C compiler: the build is the official one
+(:func:`m2det.benchmarks.official_checkout.compile_cython`), restricted to ``cpu_soft_nms``,
+whose sibling ``cpu_nms`` needs NumPy-2 respellings.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from m2det.benchmarks.official_checkout import (
+    PYX,
+    check_checkout,
+    compile_cython,
+    git_commit,
+    require_cython,
+)
 from m2det.errors import M2DetError
 
 __all__ = ["OfficialCode", "build_soft_nms", "load_official", "official_image", "soft_nms_sources"]
 
-NEEDED = ("utils/nms/cpu_nms.pyx", "utils/box_utils.py", "utils/core.py", "utils/nms_wrapper.py",
+NEEDED = (PYX, "utils/box_utils.py", "utils/core.py", "utils/nms_wrapper.py",
           "layers/functions/detection.py", "configs/m2det320_vgg.py")
 PLUS_ONE = re.compile(r" \+ 1\)")  # "(x2 - x1 + 1)" and its five siblings in cpu_soft_nms
 PLUS_ONE_COUNT = 6
-_SETUP = """\
-import numpy as np
-from Cython.Build import cythonize
-from setuptools import Extension, setup
-names = {names!r}
-ext = [Extension(n, [n + ".pyx"], include_dirs=[np.get_include()],
-                 extra_compile_args=["-Wno-cpp", "-Wno-unused-function"]) for n in names]
-setup(ext_modules=cythonize(ext, quiet=True), script_args=["build_ext", "--inplace"])
-"""
 
 
 @dataclass
@@ -113,50 +108,20 @@ def soft_nms_sources(pyx: str) -> tuple[str, str]:
     return header + function, header + exact
 
 
-def _import(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise M2DetError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_soft_nms(pyx: str, workdir: Path) -> tuple[ModuleType, ModuleType]:
     """Compile the two ``cpu_soft_nms`` variants of ``pyx`` in ``workdir``; returns the modules
     (as released, "+1" removed)."""
     names = ("m2det_official_soft_nms", "m2det_official_soft_nms_exact")
-    for name, text in zip(names, soft_nms_sources(pyx), strict=True):
-        (workdir / f"{name}.pyx").write_text(text)
-    (workdir / "setup.py").write_text(_SETUP.format(names=names))
-    run = subprocess.run([sys.executable, "setup.py"], cwd=workdir, capture_output=True,
-                         text=True, check=False)
-    if run.returncode != 0:
-        tail = (run.stdout + run.stderr).strip().splitlines()[-6:]
-        raise M2DetError("building the official cpu_soft_nms failed: " + " | ".join(tail))
-    built = {n: sorted(workdir.glob(f"{n}.*.so")) or sorted(workdir.glob(f"{n}*.pyd"))
-             for n in names}
-    return _import(built[names[0]][0], names[0]), _import(built[names[1]][0], names[1])
-
-
-def _commit(checkout: Path) -> str | None:
-    run = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, check=False)
-    return (run.stdout.strip() or None) if run.returncode == 0 else None
+    built = compile_cython(dict(zip(names, soft_nms_sources(pyx), strict=True)), workdir)
+    return built[names[0]], built[names[1]]
 
 
 def load_official(checkout: Path, workdir: Path) -> OfficialCode:
     """The official post-processing of ``checkout``, its Cython built in ``workdir``."""
-    missing = [p for p in NEEDED if not (checkout / p).is_file()]
-    if missing:
-        raise M2DetError(f"{checkout} is not a checkout of qijiezhao/M2Det (no "
-                         f"{', '.join(missing)})")
-    try:
-        import Cython
-    except ImportError:
-        raise M2DetError("building the official cpu_soft_nms needs Cython: "
-                         "pip install cython") from None
-    released, exact = build_soft_nms(_source(checkout / "utils/nms/cpu_nms.pyx"), workdir)
+    check_checkout(checkout, NEEDED)
+    require_cython()
+    import Cython
+    released, exact = build_soft_nms(_source(checkout / PYX), workdir)
     decode = _definitions(checkout / "utils/box_utils.py", ("decode",), {"torch": torch})["decode"]
     detect_cls = _definitions(checkout / "layers/functions/detection.py", ("Detect",),
                               {"torch": torch, "decode": decode, "Function": object,
@@ -181,7 +146,7 @@ def load_official(checkout: Path, workdir: Path) -> OfficialCode:
 
     return OfficialCode(released.cpu_soft_nms, exact.cpu_soft_nms,
                         detect_cls(81, 0, {"variance": [0.1, 0.2]}), process(released.cpu_soft_nms),
-                        process(exact.cpu_soft_nms), cfg, _commit(checkout), Cython.__version__)
+                        process(exact.cpu_soft_nms), cfg, git_commit(checkout), Cython.__version__)
 
 
 class _Namespace:

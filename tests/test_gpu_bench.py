@@ -219,5 +219,5 @@ def test_official_code_checks() -> None:
     assert len(NUMPY2_RESPELLINGS) == 3
     with pytest.raises(M2DetError, match="differs from the known"):
         numpy2_source("np.int_t")
-    with pytest.raises(M2DetError, match="not a qijiezhao/M2Det checkout"):
+    with pytest.raises(M2DetError, match="is not a checkout of qijiezhao/M2Det"):
         check_checkout(REPO)

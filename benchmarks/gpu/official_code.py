@@ -10,9 +10,9 @@ when Cython and Python headers are present, prebuilds ``utils/nms/cpu_nms.abi3.s
 CPython >= 3.11, this machine's processor) as a fallback for a machine that cannot build it.
 
 ``build_cpu_nms`` compiles ``utils/nms/cpu_nms.pyx`` the way the official ``utils/build.py``
-does (Cython, then the C compiler with Python's ``OPT`` flags), after respelling the three numpy
-aliases NumPy 2 / Cython 3 reject (``np.int_t``, ``np.int``, ``np.float`` in a signature); the
-soft-NMS function itself is compiled unchanged.
+does (Cython, then the C compiler with Python's ``OPT`` flags), after the NumPy-2 respellings of
+:mod:`m2det.benchmarks.official_checkout`; unlike ``official_checkout.compile_cython`` it calls
+the compiler directly, so it can build a stable-ABI (abi3) module for another machine.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from m2det.benchmarks import official_checkout
+from m2det.benchmarks.official_checkout import (  # noqa: F401 - NUMPY2_RESPELLINGS re-exported
+    NUMPY2_RESPELLINGS,
+    OFFICIAL_CFLAGS,
+    git_commit,
+    numpy2_source,
+)
 from m2det.cli import make_parser, run_cli
 from m2det.errors import M2DetError
 from m2det.io import atomic_write_json
@@ -39,33 +46,12 @@ MARKERS = ("m2det.py", "layers/functions/detection.py", "utils/core.py", "utils/
            "configs/m2det320_vgg.py")
 DEFAULT_DEST = Path("gpu-carry") / "official-m2det"
 MANIFEST = "PREPARED.json"
-PYX = Path("utils") / "nms" / "cpu_nms.pyx"
-#: NumPy 2 / Cython 3 spellings of the aliases the 2019 .pyx uses (old, new, expected count).
-NUMPY2_RESPELLINGS = (
-    ("np.int_t", "np.intp_t", 2),
-    ("dtype=np.int)", "dtype=np.intp)", 1),
-    ("np.float thresh", "float thresh", 1),
-)
+PYX = Path(official_checkout.PYX)
 
 
 def check_checkout(root: Path) -> Path:
     """``root`` if it looks like an official checkout, else M2DetError naming what is missing."""
-    if not root.is_dir():
-        raise M2DetError(f"official checkout not found: {root}")
-    missing = [m for m in MARKERS if not (root / m).is_file()]
-    if missing:
-        raise M2DetError(f"{root} is not a qijiezhao/M2Det checkout (missing {', '.join(missing)})")
-    return root
-
-
-def numpy2_source(pyx: str) -> str:
-    """The official ``cpu_nms.pyx`` with the NumPy-2 respellings applied (each must match)."""
-    for old, new, count in NUMPY2_RESPELLINGS:
-        if pyx.count(old) != count:
-            raise M2DetError(f"cpu_nms.pyx differs from the known official file ({old!r} found "
-                             f"{pyx.count(old)} times, expected {count})")
-        pyx = pyx.replace(old, new)
-    return pyx
+    return official_checkout.check_checkout(root, MARKERS)
 
 
 def extension_path(root: Path, abi3: bool = False) -> Path:
@@ -96,7 +82,7 @@ def build_cpu_nms(root: Path, abi3: bool = False) -> Path:
         flags = (sysconfig.get_config_var("OPT") or "-O2").split()
         cmds = [
             [sys.executable, "-m", "cython", "-3", str(pyx), "-o", str(c_file)],
-            [cc, "-shared", "-fPIC", *flags, "-Wno-cpp", "-Wno-unused-function",
+            [cc, "-shared", "-fPIC", *flags, *OFFICIAL_CFLAGS,
              *(["-DPy_LIMITED_API=0x030B0000"] if abi3 else []),
              "-I", str(include), "-I", np.get_include(), str(c_file), "-o", str(so)],
         ]
@@ -112,12 +98,6 @@ def build_cpu_nms(root: Path, abi3: bool = False) -> Path:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _commit(src: Path) -> str | None:
-    run = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, check=False)
-    return run.stdout.strip() if run.returncode == 0 else None
 
 
 def prepare(src: Path, dest: Path, prebuild: bool = True) -> dict[str, object]:
@@ -138,7 +118,7 @@ def prepare(src: Path, dest: Path, prebuild: bool = True) -> dict[str, object]:
             elif path.is_file():
                 shutil.copy2(path, tmp / name)
         manifest: dict[str, object] = {
-            "source": str(src), "commit": _commit(src),
+            "source": str(src), "commit": git_commit(src),
             "sha256": {m: _sha256(tmp / m) for m in ("m2det.py", str(PYX))},
             "prebuilt": None,
         }
