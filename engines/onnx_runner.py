@@ -25,16 +25,15 @@ import numpy as np
 from m2det import contract
 from m2det.config import M2DetConfig
 from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
-from m2det.detections import Detections
-from m2det.engines.base import Runner, Timing, check_batch, now_ms
+from m2det.engines.onnx_file_runner import OnnxFileRunner
 from m2det.engines.onnx_info import config_for_stripped, graph_facts
 from m2det.errors import M2DetError
 from m2det.export.onnx_export import config_from_metadata, read_metadata
 from m2det.export.ort_session import SPEC_DISABLED_OPTIMIZERS, ort_session
-from m2det.nms import Method, NMSParams, batched_nms
+from m2det.nms import Method, NMSParams
 
 
-class OnnxRunner(Runner):
+class OnnxRunner(OnnxFileRunner):
     """Run an exported ``.onnx`` file in ONNX Runtime.
 
     ``providers``: ORT execution providers in priority order (default CPU); ones this onnxruntime
@@ -93,12 +92,6 @@ class OnnxRunner(Runner):
         self.disabled_optimizers = tuple(disabled_optimizers)
         self._session: Any = None
 
-    @property
-    def batch_range(self) -> tuple[int, int]:
-        if self.fixed_batch:
-            return (self.fixed_batch, self.fixed_batch)
-        return super().batch_range
-
     def activate(self) -> None:
         self._session = ort_session(self.path, self.threads, self.providers, self.optimization,
                                     self.disabled_optimizers)
@@ -106,38 +99,8 @@ class OnnxRunner(Runner):
     def deactivate(self) -> None:
         self._session = None
 
-    def _run(self, images: Any, names: tuple[str, ...]) -> list[np.ndarray]:
-        if self._session is None:
-            self.__enter__()
-        check_batch(images, self.input_size)
-        if self.fixed_batch and images.shape[0] != self.fixed_batch:
-            raise M2DetError(f"{self.path.name} was exported for batch {self.fixed_batch}, "
-                             f"got {images.shape[0]} images")  # fmt: skip
-        if hasattr(images, "detach"):  # torch.Tensor
-            images = images.detach().cpu().numpy()
-        x = np.ascontiguousarray(images, dtype=np.float32)
+    def execute(self, x: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
         return list(self._session.run(list(names), {INPUT: x}))
-
-    def raw(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """images [B,3,S,S] -> (boxes [B,A,4], scores [B,A,C]) of a raw graph, before NMS."""
-        if self.graph != contract.GRAPH_RAW:
-            raise M2DetError(f"{self.path.name} is an NMS graph: it has no raw boxes/scores")
-        boxes, scores = self._run(images, RAW_OUTPUTS)
-        return boxes, scores
-
-    def infer(self, images: Any) -> Detections:
-        """images [B,3,S,S] float32 BGR 0-255 -> Detections (normalized boxes)."""
-        t0 = now_ms()
-        if self.graph == contract.GRAPH_RAW:
-            boxes, scores = self.raw(images)
-            t1 = now_ms()
-            dets = batched_nms(boxes, scores, self.nms, threads=self.threads)
-            self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
-            return dets
-        outputs = dict(zip(NMS_OUTPUTS, self._run(images, NMS_OUTPUTS), strict=True))
-        self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
-        return Detections.from_nms_outputs(outputs)
-
 
 def _available(providers: list[str]) -> list[str]:
     import onnxruntime as ort

@@ -37,10 +37,9 @@ import numpy as np
 from m2det import contract
 from m2det.config import M2DetConfig
 from m2det.contract import INPUT, NMS_OUTPUTS, PLUGIN_NAME, RAW_OUTPUTS
-from m2det.detections import Detections
-from m2det.engines.base import Runner, Timing, check_batch, now_ms
+from m2det.engines.onnx_file_runner import OnnxFileRunner
 from m2det.errors import M2DetError
-from m2det.nms import NMSParams, batched_nms
+from m2det.nms import NMSParams
 
 #: ``--ov-precision`` values: the inference precision OpenVINO is asked for (``auto``: its own
 #: choice, bf16 on CPUs with bf16 instructions).
@@ -50,7 +49,7 @@ OV_MODES = ("latency", "throughput")
 INSTALL = "pip install 'm2det-deploy[openvino]'"
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(OnnxFileRunner):
     """Run an exported ``.onnx`` file in OpenVINO (CPU).
 
     ``threads``: CPU threads (``INFERENCE_NUM_THREADS``; default: OpenVINO's, all cores).
@@ -101,6 +100,7 @@ class OpenVinoRunner(Runner):
         self._compiled: Any = None
         self._request: Any = None
         self._queue: Any = None
+        self._outputs: list[Any] = []  # the compiled model's outputs (released with it)
 
     # ----- what this runner is
     @property
@@ -110,12 +110,6 @@ class OpenVinoRunner(Runner):
         asked, used = self.ov_precision, self.inference_precision
         ov = f"{asked}({used or '?'})" if asked == "auto" or (used and used != asked) else asked
         return f"{self.backend}-{self.precision}-{ov}"
-
-    @property
-    def batch_range(self) -> tuple[int, int]:
-        if self.fixed_batch:
-            return (self.fixed_batch, self.fixed_batch)
-        return super().batch_range
 
     @property
     def preferred_batch(self) -> int:
@@ -160,19 +154,14 @@ class OpenVinoRunner(Runner):
         self._compiled = compiled
 
     def deactivate(self) -> None:
+        if self._queue is not None:
+            self._queue.wait_all()
         self._queue = self._request = self._compiled = None
+        self._outputs = []
 
     # ----- inference
-    def _run(self, images: Any) -> list[np.ndarray]:
-        if self._compiled is None:
-            self.__enter__()
-        check_batch(images, self.input_size)
-        if self.fixed_batch and images.shape[0] != self.fixed_batch:
-            raise M2DetError(f"{self.path.name} was exported for batch {self.fixed_batch}, "
-                             f"got {images.shape[0]} images")  # fmt: skip
-        if hasattr(images, "detach"):  # torch.Tensor
-            images = images.detach().cpu().numpy()
-        x = np.ascontiguousarray(images, dtype=np.float32)
+    def execute(self, x: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
+        # names are the model's outputs in order (checked when the file was read)
         if self._queue is not None and len(x) > 1 and not self.fixed_batch:
             return self._run_async(x)
         result = self._request.infer({INPUT: x})
@@ -193,26 +182,6 @@ class OpenVinoRunner(Runner):
             raise M2DetError(f"OpenVINO returned no result for some images of {self.path.name}")
         return [np.concatenate([r[k] for r in per_image if r is not None])
                 for k in range(len(self._outputs))]  # fmt: skip
-
-    def raw(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """images [B,3,S,S] -> (boxes [B,A,4], scores [B,A,C]) of a raw graph, before NMS."""
-        if self.graph != contract.GRAPH_RAW:
-            raise M2DetError(f"{self.path.name} is an NMS graph: it has no raw boxes/scores")
-        boxes, scores = self._run(images)
-        return boxes, scores
-
-    def infer(self, images: Any) -> Detections:
-        """images [B,3,S,S] float32 BGR 0-255 -> Detections (normalized boxes)."""
-        t0 = now_ms()
-        if self.graph == contract.GRAPH_RAW:
-            boxes, scores = self.raw(images)
-            t1 = now_ms()
-            dets = batched_nms(boxes, scores, self.nms)
-            self.last_timing = Timing(network=t1 - t0, nms=now_ms() - t1)
-            return dets
-        outputs = dict(zip(NMS_OUTPUTS, self._run(images), strict=True))
-        self.last_timing = Timing(network=now_ms() - t0, nms=0.0)
-        return Detections.from_nms_outputs(outputs)
 
 
 @contextlib.contextmanager
