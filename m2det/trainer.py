@@ -9,20 +9,14 @@ count). The full state (model, optimizer, schedule, scaler, EMA, RNGs) goes in `
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
-import signal
-import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -30,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from m2det.augment import EvalTransform, TrainTransform
 from m2det.checkpoint import FORMAT, read_checkpoint
-from m2det.cli import parse_device, progress_bar, stderr_is_terminal
+from m2det.cli import parse_device, progress_bar
 from m2det.config import M2DetConfig
 from m2det.data import CocoDetection, VOCDetection, detection_collate
 from m2det.ema import WeightEMA
@@ -41,9 +35,11 @@ from m2det.model import M2Det, build_model
 from m2det.nms import get_nms_params
 from m2det.predictor import ModelPredictor
 from m2det.priors import make_priors
+from m2det.rng_state import rng_state, set_rng_state
 from m2det.sampler import EpochBatches, SeededAugmentation
 from m2det.schedule import parse_schedule
 from m2det.state_dict import check_and_load
+from m2det.stop_request import StopRequest, TrainingInterrupted, ignore_sigint
 
 
 @dataclass
@@ -131,71 +127,6 @@ def make_optimizer(model: nn.Module, options: TrainOptions, lr: float) -> torch.
     raise M2DetError(f"unknown optimizer {options.optimizer!r} (sgd, adamw)")
 
 
-def rng_state() -> dict[str, Any]:
-    """torch, numpy and Python RNG states as plain types (``torch.load(weights_only=True)``
-    reads them back)."""
-    np_state: tuple[Any, ...] = tuple(np.random.get_state())
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` recorded."""
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :meth:`Trainer.fit` at a step boundary, after saving ``checkpoint`` (the
-    message says where the run resumes from)."""
-
-    def __init__(self, message: str, checkpoint: Path) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-class _StopRequest:
-    """While active (main thread only): the first Ctrl-C (SIGINT) asks the training loop to stop
-    at the next step boundary; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def active(self, announce: bool) -> Iterator[_StopRequest]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            if announce:
-                start = "\n" if stderr_is_terminal() else ""  # below a progress bar
-                print(f"{start}m2det-train: stopping after this step (Ctrl-C again to stop now)",
-                      file=sys.stderr, flush=True)
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops at a step boundary."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class Trainer:
     """Trains one M2Det. ``fit()`` runs to ``options.epochs`` (or ``stop_at_step``), writing
     ``out/last.pth`` (full state, resumable), ``out/final.pth`` (weights + config) and
@@ -227,7 +158,7 @@ class Trainer:
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler,
                                  num_workers=options.workers, collate_fn=detection_collate,
                                  persistent_workers=False,
-                                 worker_init_fn=_ignore_sigint if options.workers else None)
+                                 worker_init_fn=ignore_sigint if options.workers else None)
 
         torch.manual_seed(options.seed)
         self.model = build_model(config).to(self.device)
@@ -424,7 +355,7 @@ class Trainer:
         deadline = started + 60 * self.options.max_minutes
         out_of_time = False
         self.model.train()
-        with _StopRequest().active(announce=self.rank == 0) as ctrl_c:
+        with StopRequest().active(announce=self.rank == 0) as ctrl_c:
             while self.step < stop:
                 out_of_time = self._epoch(stop, deadline, started, ctrl_c) or out_of_time
                 if out_of_time:
@@ -451,7 +382,7 @@ class Trainer:
             dist.barrier()
         return metrics
 
-    def _epoch(self, stop: int, deadline: float, started: float, ctrl_c: _StopRequest) -> bool:
+    def _epoch(self, stop: int, deadline: float, started: float, ctrl_c: StopRequest) -> bool:
         """Steps of the current epoch until its end, ``stop``, the deadline (returns True) or a
         Ctrl-C (returns at that step boundary)."""
         epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -484,7 +415,7 @@ class Trainer:
         finally:
             bar.close()
 
-    def _stopped(self, ctrl_c: _StopRequest) -> bool:
+    def _stopped(self, ctrl_c: StopRequest) -> bool:
         """True once Ctrl-C was pressed on any rank (all ranks stop at the same step)."""
         flag = torch.tensor([float(ctrl_c.requested)])
         if self.world > 1:

@@ -17,11 +17,12 @@ from m2det.checkpoint import load_model, read_checkpoint
 from m2det.config import get_config
 from m2det.ema import WeightEMA
 from m2det.errors import M2DetError
+from m2det.rng_state import rng_state, set_rng_state
 from m2det.sampler import EpochBatches
 from m2det.schedule import OFFICIAL_FACTORS, parse_schedule
 from m2det.shapes import generate
 from m2det.train import build_parser, data_spec, main
-from m2det.trainer import DataSpec, Trainer, TrainOptions, rng_state, set_rng_state
+from m2det.trainer import DataSpec, Trainer, TrainOptions
 
 # m2det_tiny shrunk further so a training step takes milliseconds: 64 px, 3 scales, 2 TUMs.
 CONFIG = get_config("m2det_tiny").replace(
