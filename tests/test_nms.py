@@ -267,6 +267,18 @@ coords = st.one_of(st.integers(0, 8).map(lambda v: v / 4),
 box_st = st.tuples(coords, coords, st.integers(-1, 6).map(lambda v: v / 4), coords).map(
     lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3] * 0.75])  # occasional negative width
 score_st = st.one_of(st.integers(0, 10).map(lambda v: v / 10), st.floats(0, 1, width=32))
+
+def draw_batch(data: st.DataObject, n_images: int, n_anchors: int,
+               n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated raw outputs: boxes [n_images, n_anchors, 4], scores [.., n_classes] (float32)."""
+    boxes = data.draw(st.lists(box_st, min_size=n_images * n_anchors,
+                               max_size=n_images * n_anchors))  # fmt: skip
+    size = n_images * n_anchors * n_classes
+    scores = data.draw(st.lists(score_st, min_size=size, max_size=size))
+    return (np.array(boxes, np.float32).reshape(n_images, n_anchors, 4),
+            np.array(scores, np.float32).reshape(n_images, n_anchors, n_classes))
+
+
 params_st = st.builds(
     NMSParams,
     method=st.sampled_from(list(Method)),
@@ -303,12 +315,7 @@ def test_soft_nms_matches_reference(path: str, boxes: list, data: st.DataObject,
 def test_batched_nms_matches_reference(path: str, n_anchors: int, n_classes: int,
                                        n_images: int, data: st.DataObject,
                                        p: NMSParams) -> None:
-    b = np.array(data.draw(st.lists(box_st, min_size=n_images * n_anchors,
-                                    max_size=n_images * n_anchors)), f32)
-    b = b.reshape(n_images, n_anchors, 4)
-    size = n_images * n_anchors * n_classes
-    s = np.array(data.draw(st.lists(score_st, min_size=size, max_size=size)), f32)
-    s = s.reshape(n_images, n_anchors, n_classes)
+    b, s = draw_batch(data, n_images, n_anchors, n_classes)
     with code_path(path):
         det = batched_nms(b, s, p)
     expected = ref_batched(b, s, p)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_nms import box_st, params_st, score_st
+from test_nms import box_st, draw_batch, params_st, score_st
 from test_plugin import assert_gaussian_consistent, assert_identical, random_case, random_params
 
 from m2det import nms, postprocess
@@ -74,12 +74,7 @@ def test_soft_nms_matches_the_spec(boxes: list, data: st.DataObject, p: NMSParam
        data=st.data(), p=params_st, threads=st.integers(1, 4))
 def test_batched_nms_matches_the_spec(n_anchors: int, n_classes: int, n_images: int,
                                       data: st.DataObject, p: NMSParams, threads: int) -> None:
-    b = np.array(data.draw(st.lists(box_st, min_size=n_images * n_anchors,
-                                    max_size=n_images * n_anchors)), f32)
-    b = b.reshape(n_images, n_anchors, 4)
-    size = n_images * n_anchors * n_classes
-    s = np.array(data.draw(st.lists(score_st, min_size=size, max_size=size)), f32)
-    s = s.reshape(n_images, n_anchors, n_classes)
+    b, s = draw_batch(data, n_images, n_anchors, n_classes)
     same(compiled(b, s, p, threads), spec(b, s, p), p)
 
 
