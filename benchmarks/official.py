@@ -64,7 +64,7 @@ def import_official(repo: str | Path) -> dict[str, Any]:
     """The official modules this runner uses: ``m2det`` (model), ``anchors`` (mk_anchors),
     ``Detect``, ``PriorBox``. Their unused torchvision / training imports are stubbed (torchvision
     is never installed here); the checkout goes on ``sys.path`` for its own package imports."""
-    path = check_checkout(repo)
+    path = official_checkout.check_checkout(repo, OFFICIAL_FILES)  # Cython: only for the NMS
     if "m2det" in _modules:
         return _modules["m2det"]
     tv = types.ModuleType("torchvision")

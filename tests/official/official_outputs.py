@@ -12,7 +12,6 @@ weights through the official-layout converter.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -26,54 +25,26 @@ GOLDEN_DIR = Path(__file__).with_name("golden")
 INPUT_SEED, SAMPLES = 99, 4096
 
 
-def import_official(repo: Path) -> types.ModuleType:
-    """Import the official ``m2det.py`` under another name; its unused torchvision / utils.core
-    imports (not installable here / pulling the training stack) are replaced by empty stubs."""
-    tv = types.ModuleType("torchvision")
-    tv.transforms = types.ModuleType("torchvision.transforms")  # type: ignore[attr-defined]
-    tv.models = types.ModuleType("torchvision.models")  # type: ignore[attr-defined]
-    utils = types.ModuleType("utils")
-    utils.__path__ = [str(repo / "utils")]  # type: ignore[attr-defined]
-    core = types.ModuleType("utils.core")
-    core.print_info = lambda *a, **k: None  # type: ignore[attr-defined]
-    sys.modules.update(
-        {
-            "torchvision": tv,
-            "torchvision.transforms": tv.transforms,
-            "torchvision.models": tv.models,
-            "utils": utils,
-            "utils.core": core,
-        }
-    )
-    sys.path.insert(0, str(repo))
-    spec = importlib.util.spec_from_file_location("official_m2det", repo / "m2det.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    # pretrained=True downloads ImageNet weights; they are overwritten by seeded ones anyway
+def import_official(repo: Path) -> dict:
+    """The official modules (``m2det.benchmarks.official.import_official``: ``m2det``,
+    ``anchors``, ``PriorBox``, ...), with ``pretrained=True`` kept offline: it would download
+    ImageNet weights, which the seeded ones overwrite anyway."""
+    from m2det.benchmarks.official import import_official as import_modules
+
+    off = import_modules(repo)
     resnet = sys.modules["layers.resnet"]
     by_url = {url: name for name, url in resnet.model_urls.items()}
     resnet.model_zoo = types.SimpleNamespace(  # type: ignore[attr-defined]
         load_url=lambda url: getattr(resnet, by_url[url])(pretrained=False).state_dict()
     )
-    return mod
+    return off
 
 
 def official_config(name: str) -> dict:
+    from m2det.benchmarks.official import official_config as as_official
     from m2det.config import get_config
 
-    c = get_config(name)
-    return dict(
-        backbone=c.backbone,
-        net_family="vgg" if c.backbone == "vgg16" else "res",
-        base_out=list(c.base_out),
-        planes=c.planes,
-        num_levels=c.num_levels,
-        num_scales=c.num_scales,
-        sfam=c.sfam,
-        smooth=c.smooth,
-        num_classes=c.num_classes,
-    )
+    return as_official(get_config(name))
 
 
 def seeded_input(size: int) -> torch.Tensor:
@@ -94,7 +65,7 @@ def main() -> None:
     from m2det.model import M2Det
     from m2det.state_dict import check_and_load
 
-    off = import_official(args.official)
+    off = import_official(args.official)["m2det"]
     cfg = get_config(args.config).replace(sfam=args.sfam)
     ocfg = official_config(args.config) | {"sfam": args.sfam}
     net = off.build_net("train", size=cfg.input_size, config=ocfg).eval()  # 'train' = raw logits
@@ -142,12 +113,8 @@ def official_prior_hashes(repo: Path) -> dict[str, str]:
 
     from m2det.config import PRESETS  # before the official repo shadows the name ``m2det``
 
-    import_official(repo)
-    spec = importlib.util.spec_from_file_location("official_anchors", repo / "data" / "anchors.py")
-    assert spec and spec.loader
-    anchors_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(anchors_mod)
-    from layers.functions.prior_box import PriorBox  # type: ignore[import-not-found]
+    off = import_official(repo)
+    anchors_mod, PriorBox = off["anchors"], off["PriorBox"]  # noqa: N806 - the official class
 
     out = {}
     for name, c in PRESETS.items():
